@@ -1,0 +1,280 @@
+"""Comparison configs: YAML files validated (pydantic) before any compute.
+
+A config names a task family and its parameters, a model, the regimes to compare, the seeds and
+the main-task sample sizes n_main, and the training recipe. :func:`load_config` reads a file,
+applies ``key.path=value`` overrides and raises :class:`ConfigError` naming the file and key of
+every problem (an unknown key, a wrong type, an impossible value such as overlap > k_main).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+REGIMES = ("stl", "mtl", "ptft", "ptlp", "lp_ridge", "ntk_ridge")
+REGIME_LABELS = {
+    "stl": "STL",
+    "mtl": "MTL",
+    "ptft": "PT+FT",
+    "ptlp": "PT+LP",
+    "lp_ridge": "LP ridge",
+    "ntk_ridge": "NTK ridge",
+}
+Regime = Literal["stl", "mtl", "ptft", "ptlp", "lp_ridge", "ntk_ridge"]
+
+
+class ConfigError(ValueError):
+    """A config problem, reported before any compute starts."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TaskConfig(Strict):
+    """Which task family and its parameters (n_main comes from the comparison's n_main list)."""
+
+    family: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    cache_dir: str | None = None
+
+
+class ModelConfig(Strict):
+    """Shared trunk + linear heads. ``relu``: He init × init_scale s; ``diagonal``: constant α."""
+
+    kind: Literal["relu", "diagonal"] = "relu"
+    width: PositiveInt = 1000
+    depth: PositiveInt = 1
+    bias: bool = False
+    init_scale: PositiveFloat = 1e-3
+    head_init_scale: PositiveFloat | None = None
+    alpha: PositiveFloat = 1e-3
+
+
+class TrainingConfig(Strict):
+    """``full_batch``: GD until loss < loss_threshold or max_steps, restart at lr/lr_backoff on
+    divergence; ``minibatch``: SGD (momentum) or Adam for ``epochs`` epochs."""
+
+    mode: Literal["full_batch", "minibatch"] = "full_batch"
+    lr: PositiveFloat = 0.1
+    max_steps: PositiveInt = 100_000
+    loss_threshold: NonNegativeFloat = 1e-10
+    divergence_limit: PositiveFloat = 100.0
+    max_restarts: NonNegativeInt = 5
+    lr_backoff: float = Field(10.0, gt=1.0)
+    steps_per_call: PositiveInt = 1000
+    dtype: Literal["float32", "float64"] = "float32"
+    max_ensemble_mb: PositiveFloat = 64.0
+    optimizer: Literal["sgd", "adam"] = "adam"
+    batch_size: PositiveInt = 64
+    epochs: PositiveInt = 100
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    weight_decay: NonNegativeFloat = 0.0
+
+
+class MTLConfig(Strict):
+    """MTL loss weighting: per_sample (the paper's), equal, or fixed weights per task."""
+
+    weighting: Literal["per_sample", "equal", "fixed"] = "per_sample"
+    weights: dict[Literal["aux", "main"], PositiveFloat] | None = None
+
+    @model_validator(mode="after")
+    def _weights_match_scheme(self) -> MTLConfig:
+        if self.weighting == "fixed" and (self.weights is None or len(self.weights) != 2):
+            raise ValueError("weighting 'fixed' needs weights for both 'aux' and 'main'")
+        if self.weighting != "fixed" and self.weights is not None:
+            raise ValueError(f"weights are only used with weighting 'fixed', not {self.weighting!r}")
+        return self
+
+
+class FinetuneConfig(Strict):
+    """PT+FT: fresh main head of scale γ, trunk rescaled by c, train all or the head only."""
+
+    head_init_scale: PositiveFloat = 1e-3
+    rescale: PositiveFloat = 1.0
+    train: Literal["all", "head"] = "all"
+
+
+class RidgeConfig(Strict):
+    """Lazy references: ridge strength λ chosen among ``lambdas`` by leave-one-out error."""
+
+    lambdas: list[PositiveFloat] = Field(
+        default_factory=lambda: [10.0**e for e in range(-8, 3)], min_length=1
+    )
+
+
+class WandbConfig(Strict):
+    enabled: bool = False
+    mode: Literal["offline", "online"] = "offline"
+    project: str = "mtl-lab"
+    entity: str | None = None
+
+
+class LoggingConfig(Strict):
+    csv: bool = True
+    tensorboard: bool = False
+    progress: bool = True
+    wandb: WandbConfig = WandbConfig()
+
+
+class TrainerConfig(Strict):
+    accelerator: Literal["auto", "cpu", "cuda", "gpu", "mps"] = "auto"
+
+
+class ComparisonConfig(Strict):
+    """One comparison: regimes × seeds × n_main values on one task."""
+
+    name: str = "comparison"
+    output_dir: str | None = None
+    regimes: list[Regime] = Field(min_length=1)
+    seeds: list[NonNegativeInt] = Field(min_length=1)
+    n_main: list[PositiveInt] = Field(min_length=1)
+    task: TaskConfig
+    model: ModelConfig = ModelConfig()
+    training: TrainingConfig = TrainingConfig()
+    pretraining: TrainingConfig | None = None
+    mtl: MTLConfig = MTLConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
+    ridge: RidgeConfig = RidgeConfig()
+    logging: LoggingConfig = LoggingConfig()
+    trainer: TrainerConfig = TrainerConfig()
+
+    @field_validator("regimes", "seeds", "n_main")
+    @classmethod
+    def _unique(cls, values: list) -> list:
+        if len(set(values)) != len(values):
+            raise ValueError(f"values must be unique, got {values}")
+        return values
+
+    @property
+    def pretraining_or_training(self) -> TrainingConfig:
+        return self.pretraining or self.training
+
+    def resolved_output_dir(self) -> Path:
+        return Path(self.output_dir or f"runs/{self.name}")
+
+    def task_params(self, n_main: int) -> dict[str, Any]:
+        """The family's validated parameters for one n_main value, as a plain dict."""
+        import tasks
+
+        return tasks.validate_params(self.task.family, {**self.task.params, "n_main": n_main}
+                                     ).model_dump()
+
+
+def _format_validation(err: ValidationError, prefix: str = "") -> list[str]:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in (prefix, *e["loc"]) if p != "")
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{loc or '<root>'}: {msg}")
+    return lines
+
+
+def _raise(source: str, lines: list[str]) -> None:
+    raise ConfigError(f"invalid config {source}:\n" + "\n".join(f"  - {line}" for line in lines))
+
+
+def validate_config(raw: dict[str, Any], source: str = "<dict>") -> ComparisonConfig:
+    """Validate a raw mapping, including the task family's own parameters for every n_main."""
+    import tasks
+
+    if not isinstance(raw, dict):
+        _raise(source, [f"top level must be a mapping, got {type(raw).__name__}"])
+    try:
+        cfg = ComparisonConfig.model_validate(raw)
+    except ValidationError as err:
+        _raise(source, _format_validation(err))
+    try:
+        tasks.get_family(cfg.task.family)
+    except (KeyError, ValueError) as err:
+        _raise(source, [f"task.family: {err}"])
+    if "n_main" in cfg.task.params:
+        _raise(source, ["task.params.n_main: set n_main at the top level (a list of sizes)"])
+    for n in cfg.n_main:
+        try:
+            cfg.task_params(n)
+        except ValidationError as err:
+            _raise(source, _format_validation(err, "task.params"))
+    return cfg
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides; values are parsed as YAML (``1e-3``, ``[1, 2]``, ``true``)."""
+    out = _deepcopy(raw)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key.path=value")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = out
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {key!r}: {part!r} is not a section")
+            node = child
+        try:
+            node[parts[-1]] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override {key!r}: cannot parse value {value!r}: {err}") from err
+    return out
+
+
+def _deepcopy(raw: Any) -> Any:
+    if isinstance(raw, dict):
+        return {k: _deepcopy(v) for k, v in raw.items()}
+    if isinstance(raw, list):
+        return [_deepcopy(v) for v in raw]
+    return raw
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping, with a clear error for a missing or unparsable file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"invalid config {path}: not valid YAML: {err}") from err
+    return raw if raw is not None else {}
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ComparisonConfig:
+    """Read, override and validate a comparison config file."""
+    raw = apply_overrides(read_yaml(path), overrides or [])
+    return validate_config(raw, str(path))
+
+
+def dump_config(cfg: ComparisonConfig) -> str:
+    """The fully resolved config as YAML (every default filled in)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}; lists become strings so every row is a flat record."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        elif isinstance(value, list | tuple):
+            flat[name] = str(list(value))
+        else:
+            flat[name] = value
+    return flat

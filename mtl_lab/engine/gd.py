@@ -1,0 +1,188 @@
+"""Full-batch gradient descent for an ensemble, as a proxy for gradient flow (SCIENCE.md §1).
+
+Each member k runs θ_k ← θ_k − η_k ∇L_k(θ_k) until L_k < threshold or its step budget is spent.
+If L_k turns NaN or exceeds the divergence limit, member k restarts from its initial weights
+with η_k ← η_k / backoff (at most ``max_restarts`` times). All stopping decisions are made per
+member on the device, without a host synchronisation per step, so a member's trajectory is the
+same whether it trains alone or inside an ensemble.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from mtl_lab.engine.objective import LossTerm, member_losses
+from mtl_lab.models.base import SharedTrunkNetwork
+
+STATUS_RUNNING, STATUS_CONVERGED, STATUS_BUDGET, STATUS_DIVERGED = 0, 1, 2, 3
+STATUS_NAMES = {
+    STATUS_RUNNING: "running",
+    STATUS_CONVERGED: "converged",
+    STATUS_BUDGET: "budget",
+    STATUS_DIVERGED: "diverged",
+}
+
+
+@dataclass(frozen=True)
+class GDSettings:
+    """Hyper-parameters of the full-batch engine shared by every member of an ensemble."""
+
+    max_steps: int = 100_000
+    loss_threshold: float = 1e-10
+    divergence_limit: float = 100.0
+    max_restarts: int = 5
+    lr_backoff: float = 10.0
+
+
+@dataclass
+class GDState:
+    """Per-member bookkeeping, all (K,) tensors on the training device."""
+
+    lr: Tensor
+    steps: Tensor
+    status: Tensor
+    restarts: Tensor
+    loss: Tensor
+    total_steps: Tensor
+    history: list[tuple[int, Tensor]] = field(default_factory=list)
+
+    @classmethod
+    def start(cls, lr: Tensor) -> GDState:
+        k = lr.shape[0]
+        zeros = torch.zeros(k, dtype=torch.long, device=lr.device)
+        return cls(
+            lr=lr.clone(),
+            steps=zeros.clone(),
+            status=zeros.clone(),
+            restarts=zeros.clone(),
+            loss=torch.full((k,), float("nan"), dtype=lr.dtype, device=lr.device),
+            total_steps=zeros.clone(),
+        )
+
+    @property
+    def active(self) -> Tensor:
+        return self.status == STATUS_RUNNING
+
+
+class FullBatchGD:
+    """Runs full-batch GD on the trainable parameters of a stacked ensemble.
+
+    Example:
+        >>> from mtl_lab.models import DiagonalNetwork
+        >>> net = DiagonalNetwork(3, ("main",), seeds=[0], alpha=0.5)
+        >>> x = torch.randn(8, 3); y = x[:, :1].T
+        >>> gd = FullBatchGD(net, [LossTerm("main", x, y, torch.full((1, 8), 1 / 8))],
+        ...                  list(net.parameters()), torch.tensor([0.1]), GDSettings(2000, 1e-8))
+        >>> _ = gd.run_until_done(chunk=500); gd.state.status.item() == STATUS_CONVERGED
+        True
+    """
+
+    def __init__(
+        self,
+        net: SharedTrunkNetwork,
+        terms: Sequence[LossTerm],
+        params: Sequence[torch.nn.Parameter],
+        lr: Tensor,
+        settings: GDSettings,
+    ) -> None:
+        self.net = net
+        self.terms = list(terms)
+        self.params = list(params)
+        self.settings = settings
+        dtype = self.params[0].dtype
+        self.state = GDState.start(lr.to(self.params[0].device, dtype))
+        self.initial = [p.detach().clone() for p in self.params]
+        self._shapes = [(-1,) + (1,) * (p.dim() - 1) for p in self.params]
+
+    def step(self) -> Tensor:
+        """One GD step for every running member; returns the pre-step losses (K,)."""
+        s, cfg = self.state, self.settings
+        loss = member_losses(self.net, self.terms)
+        running = s.status == STATUS_RUNNING
+        bad = ~torch.isfinite(loss) | (loss > cfg.divergence_limit)
+        done = loss < cfg.loss_threshold
+        spent = s.steps >= cfg.max_steps
+        s.status = torch.where(
+            running & bad,
+            STATUS_DIVERGED,
+            torch.where(
+                running & done,
+                STATUS_CONVERGED,
+                torch.where(running & spent, STATUS_BUDGET, s.status),
+            ),
+        )
+        s.loss = torch.where(running, loss.detach(), s.loss)
+        move = (s.status == STATUS_RUNNING).to(loss.dtype)
+        grads = torch.autograd.grad(loss.sum(), self.params)
+        rate = -(s.lr * move)
+        with torch.no_grad():
+            torch._foreach_add_(
+                self.params, [g * rate.view(shape) for g, shape in zip(grads, self._shapes)]
+            )
+        s.steps += move.long()
+        s.total_steps += move.long()
+        return loss
+
+    @torch.no_grad()
+    def restart_diverged(self) -> bool:
+        """Restart diverged members at η/backoff from their initial weights; True if any did."""
+        s, cfg = self.state, self.settings
+        diverged = s.status == STATUS_DIVERGED
+        retry = diverged & (s.restarts < cfg.max_restarts)
+        if not bool(retry.any()):
+            return False
+        for p, p0, shape in zip(self.params, self.initial, self._shapes):
+            p.copy_(torch.where(retry.view(shape), p0, p))
+        s.lr = torch.where(retry, s.lr / cfg.lr_backoff, s.lr)
+        s.restarts += retry.long()
+        s.steps = torch.where(retry, 0, s.steps)
+        s.status = torch.where(retry, STATUS_RUNNING, s.status)
+        return True
+
+    @torch.no_grad()
+    def _reset_given_up(self) -> None:
+        """Members that diverged for good go back to their initial weights (no NaN left)."""
+        gone = self.state.status == STATUS_DIVERGED
+        for p, p0, shape in zip(self.params, self.initial, self._shapes):
+            p.copy_(torch.where(gone.view(shape), p0, p))
+
+    def run_chunk(self, chunk: int) -> bool:
+        """``chunk`` steps, then handle restarts; returns True while some member still runs."""
+        for _ in range(chunk):
+            self.step()
+        self.state.history.append((int(self.state.total_steps.max()), self.state.loss.clone()))
+        self.restart_diverged()
+        running = bool(self.state.active.any())
+        if not running:
+            self._reset_given_up()
+        return running
+
+    def run_until_done(self, chunk: int = 1000) -> GDState:
+        """Run chunks until no member is running (plain loop, no Lightning)."""
+        while self.run_chunk(chunk):
+            pass
+        return self.state
+
+    def summary(self) -> list[dict]:
+        """Per-member outcome: train loss, steps, final lr, restarts, status."""
+        s = self.state
+        return [
+            {
+                "train_loss": float(s.loss[k]),
+                "steps": int(s.steps[k]),
+                "final_lr": float(s.lr[k]),
+                "restarts": int(s.restarts[k]),
+                "status": STATUS_NAMES[int(s.status[k])],
+            }
+            for k in range(s.lr.shape[0])
+        ]
+
+
+def max_chunks(settings: GDSettings, chunk: int) -> int:
+    """An upper bound on the chunks of ``chunk`` steps any member can need, restarts included."""
+    per_try = (settings.max_steps + 1) // chunk + 2
+    return per_try * (settings.max_restarts + 1)

@@ -1,0 +1,78 @@
+"""Training objectives as weighted sums of squared errors over loss terms.
+
+A loss term pairs one task head with samples: L_k(θ) = Σ_terms Σ_i c_{k,i} (f_t(x_i; θ_k) − y_{k,i})²
+for ensemble member k. The per-member, per-sample coefficients c hold both the data mask
+(c = 0 for samples a member does not see, e.g. beyond its n_main) and the task weighting
+(per-sample, equal, or fixed; see :func:`task_weights`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from mtl_lab.models.base import SharedTrunkNetwork
+
+
+@dataclass
+class LossTerm:
+    """One task's share of the objective: f_task on ``x`` against ``y`` with coefficients ``c``.
+
+    x: (n, d) shared by all members or (K, n, d); y, c: (K, n).
+    """
+
+    task: str
+    x: Tensor
+    y: Tensor
+    c: Tensor
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> LossTerm:
+        dtype = dtype or self.x.dtype
+        return LossTerm(
+            self.task, self.x.to(device, dtype), self.y.to(device, dtype), self.c.to(device, dtype)
+        )
+
+    def select(self, index: Tensor) -> LossTerm:
+        """The same term restricted to a subset of members."""
+        x = self.x if self.x.dim() == 2 else self.x[index]
+        return LossTerm(self.task, x, self.y[index], self.c[index])
+
+
+def member_losses(net: SharedTrunkNetwork, terms: Sequence[LossTerm]) -> Tensor:
+    """L_k = Σ_terms Σ_i c_{k,i} (f_t(x_i) − y_{k,i})², shape (K,)."""
+    total = None
+    for term in terms:
+        err = net(term.x, term.task) - term.y
+        part = (term.c * err * err).sum(dim=1)
+        total = part if total is None else total + part
+    return total
+
+
+def task_weights(
+    counts: Mapping[str, Tensor], scheme: str, fixed: Mapping[str, float] | None = None
+) -> dict[str, Tensor]:
+    """Per-sample coefficient of each task given per-member sample counts n_t (K,).
+
+    * ``per_sample`` (the paper's): every sample weighs 1 / Σ_t n_t — the mean over the
+      concatenated samples, so a task weighs by its sample count;
+    * ``equal``: task t weighs 1/T, each of its samples 1 / (T·n_t);
+    * ``fixed``: task t weighs w_t, each of its samples w_t / n_t.
+    """
+    if scheme == "per_sample":
+        total = sum(counts.values())
+        return {t: 1.0 / total for t in counts}
+    if scheme == "equal":
+        return {t: 1.0 / (len(counts) * n) for t, n in counts.items()}
+    if scheme == "fixed":
+        if fixed is None or set(fixed) != set(counts):
+            raise ValueError(f"fixed weighting needs one weight per task {sorted(counts)}")
+        return {t: fixed[t] / n for t, n in counts.items()}
+    raise ValueError(f"unknown task weighting {scheme!r}: use per_sample, equal or fixed")
+
+
+def prefix_mask(counts: Tensor, n: int) -> Tensor:
+    """(K, n) mask that keeps the first counts[k] samples for member k."""
+    return (torch.arange(n).unsqueeze(0) < counts.unsqueeze(1)).to(torch.float32)

@@ -1,0 +1,32 @@
+"""Regimes are training recipes over the same models and engine (SCIENCE.md §1)."""
+
+from collections.abc import Callable, Sequence
+
+from mtl_lab.regimes.base import GroupContext, Member, MemberResult, build_network, fit
+from mtl_lab.regimes.gradient import train_mtl, train_ptft, train_ptlp, train_stl
+from mtl_lab.regimes.pretrain import PretrainStore, pretrain_key, pretrained_for
+from mtl_lab.regimes.ridge import kernel_ridge_loo, train_lp_ridge, train_ntk_ridge
+
+RegimeFn = Callable[[Sequence[Member], GroupContext], list[MemberResult]]
+
+REGIME_FUNCTIONS: dict[str, RegimeFn] = {
+    "stl": train_stl,
+    "mtl": train_mtl,
+    "ptft": train_ptft,
+    "ptlp": train_ptlp,
+    "lp_ridge": train_lp_ridge,
+    "ntk_ridge": train_ntk_ridge,
+}
+
+__all__ = [
+    "REGIME_FUNCTIONS",
+    "GroupContext",
+    "Member",
+    "MemberResult",
+    "PretrainStore",
+    "build_network",
+    "fit",
+    "kernel_ridge_loo",
+    "pretrain_key",
+    "pretrained_for",
+]

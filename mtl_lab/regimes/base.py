@@ -1,0 +1,203 @@
+"""What every regime shares: members of a batched group, the fitting call, evaluation."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from mtl_lab.config import ComparisonConfig, TrainingConfig
+from mtl_lab.data import TaskTensors
+from mtl_lab.engine import (
+    FullBatchRecipe,
+    GDProgress,
+    GDSettings,
+    LossTerm,
+    MinibatchRecipe,
+    TicksDataModule,
+)
+from mtl_lab.engine.lightning import minibatch_loader
+from mtl_lab.models import DiagonalNetwork, ReLUNetwork, SharedTrunkNetwork
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@dataclass
+class Member:
+    """One run inside a batched group: its data and the values that may differ per member."""
+
+    run_id: str
+    seed: int
+    data: TaskTensors
+    lr: float
+    rescale: float = 1.0
+    head_init_scale: float = 1e-3
+
+
+@dataclass
+class GroupContext:
+    """Settings shared by every member of a group, and where to put logs and checkpoints."""
+
+    cfg: ComparisonConfig
+    out_dir: Path | None = None
+    progress: bool = True
+    loggers: Callable[[str], list] = field(default=lambda name: [])
+    pretrain_store: Any = None
+
+    @property
+    def device(self) -> torch.device:
+        acc = self.cfg.trainer.accelerator
+        if acc in ("cuda", "gpu") or (acc == "auto" and torch.cuda.is_available()):
+            return torch.device("cuda")
+        return torch.device("cpu")
+
+
+@dataclass
+class MemberResult:
+    """Outcome of one run: metrics for the results row, the trained network (K = 1)."""
+
+    metrics: dict[str, Any]
+    network: SharedTrunkNetwork | None = None
+    history: list[tuple[int, float]] = field(default_factory=list)
+
+
+def build_network(cfg: ComparisonConfig, in_dim: int, tasks: Sequence[str],
+                  seeds: Sequence[int]) -> SharedTrunkNetwork:
+    """A fresh ensemble for the config's model, member k initialised from seeds[k]."""
+    m = cfg.model
+    if m.kind == "diagonal":
+        return DiagonalNetwork(in_dim, tasks, seeds, alpha=m.alpha,
+                               head_init_scale=m.head_init_scale)
+    return ReLUNetwork(in_dim, m.width, m.depth, tasks, seeds, bias=m.bias,
+                       init_scale=m.init_scale, head_init_scale=m.head_init_scale)
+
+
+def member_chunks(net: SharedTrunkNetwork, terms: Sequence[LossTerm], budget_mb: float) -> int:
+    """How many members to train at once: the whole ensemble unless its activations exceed the
+    memory budget, where batching turns memory-bound and slower than one member at a time."""
+    samples = sum(t.x.shape[-2] for t in terms)
+    per_member_mb = 3 * 4 * samples * net.activations_per_sample() / 2**20
+    k = net.ensemble_size
+    return max(1, min(k, int(budget_mb // max(per_member_mb, 1e-9))))
+
+
+def fit(net: SharedTrunkNetwork, terms: Sequence[LossTerm], trainable: Sequence[str],
+        lr: Tensor, training: TrainingConfig, ctx: GroupContext, name: str
+        ) -> tuple[SharedTrunkNetwork, list[dict], list[list[tuple[int, float]]]]:
+    """Train an ensemble (in memory-bounded chunks of members) with the configured recipe.
+
+    ``trainable`` names parameters ('trunk', 'heads' or a task name's head). Returns the trained
+    ensemble, per-member summaries and per-member loss histories.
+    """
+    k = net.ensemble_size
+    size = member_chunks(net, terms, training.max_ensemble_mb) if training.mode == "full_batch" \
+        else k
+    parts, summaries, histories = [], [], []
+    for start in range(0, k, size):
+        idx = torch.arange(start, min(k, start + size))
+        sub = net if size >= k else net.select_members(idx)
+        sub_terms = [t.select(idx) for t in terms] if size < k else list(terms)
+        t0 = time.perf_counter()
+        trained, summ, hist = _fit_one(sub, sub_terms, trainable, lr[idx], training, ctx,
+                                       f"{name}" if size >= k else f"{name}[{start}]")
+        wall = time.perf_counter() - t0
+        for s in summ:
+            s["train_wall_time"] = wall / len(idx)
+        parts.append(trained)
+        summaries += summ
+        histories += hist
+    from mtl_lab.checkpoints import stack_networks
+
+    return stack_networks(parts), summaries, histories
+
+
+def _trainable_params(net: SharedTrunkNetwork, trainable: Sequence[str]) -> list:
+    params = []
+    for what in trainable:
+        if what == "trunk":
+            params += list(net.trunk_parameters())
+        elif what == "heads":
+            params += list(net.head_parameters())
+        else:
+            params += list(net.head_parameters(what))
+    return params
+
+
+def _trainer(ctx: GroupContext, name: str, steps: int, callbacks: list) -> L.Trainer:
+    return L.Trainer(
+        accelerator="gpu" if ctx.device.type == "cuda" else "cpu",
+        devices=1,
+        max_epochs=1 if steps else None,
+        max_steps=steps or -1,
+        logger=ctx.loggers(name) or False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=False,
+        callbacks=callbacks,
+        log_every_n_steps=1,
+        num_sanity_val_steps=0,
+    )
+
+
+def _fit_one(net, terms, trainable, lr, training: TrainingConfig, ctx: GroupContext, name: str):
+    dtype = DTYPES[training.dtype]
+    params = _trainable_params(net, trainable)
+    if training.mode == "full_batch":
+        settings = GDSettings(training.max_steps, training.loss_threshold,
+                              training.divergence_limit, training.max_restarts,
+                              training.lr_backoff)
+        recipe = FullBatchRecipe(net, terms, params, lr, settings, training.steps_per_call,
+                                 dtype)
+        callbacks = [GDProgress(name)] if ctx.progress else []
+        trainer = _trainer(ctx, name, recipe.ticks(), callbacks)
+        trainer.fit(recipe, datamodule=TicksDataModule(recipe.ticks()))
+        engine = recipe.engine
+        hist = [[(step, float(loss[k])) for step, loss in engine.state.history]
+                for k in range(net.ensemble_size)]
+        return recipe.net.cpu().float(), engine.summary(), hist
+    net = net.to(dtype)
+    recipe = MinibatchRecipe(net, [t.to("cpu", dtype) for t in terms], params, float(lr[0]),
+                             training.optimizer, training.momentum, training.weight_decay)
+    loader = minibatch_loader(terms, training.batch_size, seed=0)
+    trainer = _trainer(ctx, name, 0, [])
+    trainer.fit_loop.max_epochs = training.epochs
+    trainer.fit(recipe, train_dataloaders=loader)
+    final = evaluate_terms(recipe.net, terms)
+    summ = [{"train_loss": float(v), "steps": trainer.global_step, "final_lr": float(lr[0]),
+             "restarts": 0, "status": "budget"} for v in final]
+    return recipe.net.cpu().float(), summ, [[] for _ in range(net.ensemble_size)]
+
+
+@torch.no_grad()
+def evaluate_terms(net: SharedTrunkNetwork, terms: Sequence[LossTerm]) -> Tensor:
+    """The full objective L_k of every member (no gradient)."""
+    from mtl_lab.engine import member_losses
+
+    first = next(net.parameters())
+    return member_losses(net, [t.to(first.device, first.dtype) for t in terms]).cpu()
+
+
+@torch.no_grad()
+def test_loss(net: SharedTrunkNetwork, datas: Sequence[TaskTensors], task: str,
+              batch: int = 2048) -> list[float]:
+    """Mean squared error of head ``task`` on each member's own test split, in sample batches."""
+    from mtl_lab.data import shared_or_stacked
+
+    split = f"{task}_test"
+    x = shared_or_stacked([d.x[split] for d in datas])
+    y = torch.stack([d.y[split] for d in datas])
+    p0 = next(net.parameters())
+    total = torch.zeros(len(datas), dtype=torch.float64)
+    n = y.shape[1]
+    for s in range(0, n, batch):
+        xb = x[s:s + batch] if x.dim() == 2 else x[:, s:s + batch]
+        pred = net(xb.to(p0.device, p0.dtype), task).double().cpu()
+        total += ((pred - y[:, s:s + batch].double()) ** 2).sum(1)
+    return [float(v) / n if math.isfinite(float(v)) else float("nan") for v in total]

@@ -1,0 +1,99 @@
+"""The gradient-trained regimes (SCIENCE.md §1) as recipes over the same network and engine.
+
+* STL — a fresh network trained on the main task only;
+* MTL — one shared trunk, heads 'aux' and 'main', trained jointly (per-sample, equal or fixed
+  task weighting);
+* PT+FT — pretrain on 'aux', keep the trunk, rescale it by c, add a fresh 'main' head of scale γ,
+  train trunk and head on the main task;
+* PT+LP — as PT+FT but only the new head trains (a linear probe on frozen features).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from mtl_lab.data import counts, split_term
+from mtl_lab.engine import task_weights
+from mtl_lab.models import SharedTrunkNetwork
+from mtl_lab.regimes.base import (
+    GroupContext,
+    Member,
+    MemberResult,
+    build_network,
+    fit,
+    test_loss,
+)
+from mtl_lab.regimes.pretrain import pretrained_for
+
+
+def _results(net: SharedTrunkNetwork, members: Sequence[Member], summaries: list[dict],
+             histories: list, extra: list[dict] | None = None) -> list[MemberResult]:
+    datas = [m.data for m in members]
+    tests = {t: test_loss(net, datas, t) for t in ("aux", "main")if t in net.tasks}
+    out = []
+    for k in range(len(members)):
+        metrics = dict(summaries[k])
+        for task in ("aux", "main"):
+            metrics[f"test_loss_{task}"] = tests[task][k] if task in tests else float("nan")
+        if extra:
+            metrics.update(extra[k])
+        out.append(MemberResult(metrics, net.select_members([k]), histories[k]))
+    return out
+
+
+def _lrs(members: Sequence[Member]) -> torch.Tensor:
+    return torch.tensor([m.lr for m in members])
+
+
+def train_stl(members: Sequence[Member], ctx: GroupContext) -> list[MemberResult]:
+    """STL: L = (1/n_main) Σ_i (f_main(x_i) − y_i)² on a fresh network."""
+    datas = [m.data for m in members]
+    net = build_network(ctx.cfg, datas[0].in_dim, ("main",), [m.seed for m in members])
+    term = split_term(datas, "main_train", "main", 1.0 / counts(datas, "main_train"))
+    net, summ, hist = fit(net, [term], ["trunk", "heads"], _lrs(members), ctx.cfg.training,
+                          ctx, "stl")
+    return _results(net, members, summ, hist)
+
+
+def train_mtl(members: Sequence[Member], ctx: GroupContext) -> list[MemberResult]:
+    """MTL: L = Σ_t Σ_i c_t (f_t(x_i) − y_i)² with the configured task weighting c_t."""
+    datas = [m.data for m in members]
+    net = build_network(ctx.cfg, datas[0].in_dim, ("aux", "main"), [m.seed for m in members])
+    n = {"aux": counts(datas, "aux_train"), "main": counts(datas, "main_train")}
+    w = task_weights(n, ctx.cfg.mtl.weighting, ctx.cfg.mtl.weights)
+    terms = [split_term(datas, f"{t}_train", t, w[t]) for t in ("aux", "main")]
+    net, summ, hist = fit(net, terms, ["trunk", "heads"], _lrs(members), ctx.cfg.training,
+                          ctx, "mtl")
+    return _results(net, members, summ, hist)
+
+
+def finetune_start(members: Sequence[Member], ctx: GroupContext
+                   ) -> tuple[SharedTrunkNetwork, list[dict]]:
+    """Pretrained trunks (one per member) × c, with a fresh main head of scale γ."""
+    net, pt_summaries = pretrained_for(members, ctx)
+    seeds = [m.seed for m in members]
+    net.rescale_trunk(torch.tensor([m.rescale for m in members]))
+    net.add_head("main", torch.tensor([m.head_init_scale for m in members]), seeds)
+    return net, pt_summaries
+
+
+def _train_finetune(members: Sequence[Member], ctx: GroupContext, trainable: list[str],
+                    name: str) -> list[MemberResult]:
+    datas = [m.data for m in members]
+    net, pt = finetune_start(members, ctx)
+    term = split_term(datas, "main_train", "main", 1.0 / counts(datas, "main_train"))
+    net, summ, hist = fit(net, [term], trainable, _lrs(members), ctx.cfg.training, ctx, name)
+    return _results(net, members, summ, hist, pt)
+
+
+def train_ptft(members: Sequence[Member], ctx: GroupContext) -> list[MemberResult]:
+    """PT+FT: finetune trunk and new head (or the head only, if finetune.train = head)."""
+    trainable = ["trunk", "main"] if ctx.cfg.finetune.train == "all" else ["main"]
+    return _train_finetune(members, ctx, trainable, "ptft")
+
+
+def train_ptlp(members: Sequence[Member], ctx: GroupContext) -> list[MemberResult]:
+    """PT+LP: only the new main head trains, on the frozen pretrained (rescaled) trunk."""
+    return _train_finetune(members, ctx, ["main"], "ptlp")
