@@ -81,30 +81,40 @@ class ReLUNetwork(SharedTrunkNetwork):
     def activations_per_sample(self) -> int:
         return sum(w.shape[1] for w in self.weights)
 
-    def _trunk_nkh(self, x: Tensor) -> Tensor:
-        """Last hidden layer; (n, K, H) for shared inputs, (K, n, H) for per-member inputs."""
+    def _hidden(self, x: Tensor) -> tuple[Tensor, bool]:
+        """Last hidden layer h_L and whether it is laid out (n, K, H) (else (K, n, H)).
+
+        Shared inputs go through the first layer as ONE matrix product x (n, d) × (d, K·H):
+        the (n, K, H) layout keeps that product and the head contraction free of copies.
+        """
         k = self.ensemble_size
         check_input(x, k)
+        shared = x.dim() == 2
         h = x
         for layer, w in enumerate(self.weights):
-            if h.dim() == 2:  # shared inputs: one matrix product for the whole ensemble
+            if shared and layer == 0:
                 z = (h @ w.reshape(k * w.shape[1], w.shape[2]).T).view(h.shape[0], k, w.shape[1])
                 if self.biases:
-                    z = z + self.biases[layer]
-                h = torch.relu(z).transpose(0, 1)  # (K, n, H), a view
+                    z = z + self.biases[0]
             else:
+                if shared:  # leave the shared layout after the first layer
+                    h, shared = h.transpose(0, 1), False
                 z = torch.bmm(h, w.transpose(1, 2))
                 if self.biases:
                     z = z + self.biases[layer].unsqueeze(1)
-                h = torch.relu(z)
-        return h
+            h = torch.relu(z)
+        return h, shared
 
     def features(self, x: Tensor) -> Tensor:
-        return self._trunk_nkh(x)
+        h, nkh = self._hidden(x)
+        return h.transpose(0, 1) if nkh else h
 
     def forward(self, x: Tensor, task: str) -> Tensor:
-        h = self._trunk_nkh(x)
-        return torch.einsum("knh,kh->kn", h, self.heads[task])
+        h, nkh = self._hidden(x)
+        v = self.heads[task]
+        if nkh:
+            return (h * v).sum(-1).T
+        return (h * v.unsqueeze(1)).sum(-1)
 
     def trunk_parameters(self) -> Iterator[nn.Parameter]:
         yield from self.weights

@@ -1,0 +1,75 @@
+"""Loggers: Lightning CSV (always) and TensorBoard (optional) per training group, and one wandb
+run per training run, offline unless the config says online (never waits on the network)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from mtl_lab.config import ComparisonConfig
+
+
+def quiet_lightning() -> None:
+    """Silence Lightning's per-fit banners (accelerator, tips) that would drown the output."""
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=r".*(does not have many workers|LitLogger|"
+                            r"configure_optimizers|`training_step` returned `None`).*")
+
+
+def group_loggers(cfg: ComparisonConfig, out_dir: Path) -> Callable[[str], list]:
+    """A factory of Lightning loggers for one training group, writing under ``out_dir/logs``."""
+
+    def make(name: str) -> list:
+        from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+        loggers: list = []
+        if cfg.logging.csv:
+            loggers.append(CSVLogger(out_dir / "logs", name=name))
+        if cfg.logging.tensorboard:
+            loggers.append(TensorBoardLogger(out_dir / "tensorboard", name=name))
+        return loggers
+
+    return make
+
+
+def log_run_to_wandb(cfg: ComparisonConfig, out_dir: Path, row: dict[str, Any],
+                     history: list[tuple[int, float]]) -> str | None:
+    """One wandb run per training run: grouped by comparison, tagged by regime, with the full
+    config, the loss curve and the final metrics. Returns the run's local folder."""
+    if not cfg.logging.wandb.enabled:
+        return None
+    import wandb
+
+    wb = cfg.logging.wandb
+    if wb.mode == "offline":
+        os.environ.setdefault("WANDB_MODE", "offline")
+    run = wandb.init(
+        project=wb.project,
+        entity=wb.entity,
+        group=cfg.name,
+        job_type=row["regime"],
+        tags=[row["regime"], f"seed={row['seed']}"],
+        name=f"{row['regime']}-seed{row['seed']}-n{row['n_main']}",
+        config={k: v for k, v in row.items() if k.startswith(("config.", "regime", "seed",
+                                                               "n_main", "run_id"))},
+        dir=str(out_dir),
+        mode=wb.mode,
+        reinit="create_new",
+        settings=wandb.Settings(silent=True, console="off", x_disable_stats=True),
+    )
+    for step, loss in history:
+        if math.isfinite(loss):
+            run.log({"train/loss": loss}, step=step)
+    finals = {k: v for k, v in row.items() if isinstance(v, int | float) and
+              not k.startswith("config.") and not isinstance(v, bool)}
+    for key, value in finals.items():
+        run.summary[key] = value
+    folder = run.dir
+    run.finish(quiet=True)
+    return str(Path(folder).parent)

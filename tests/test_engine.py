@@ -1,0 +1,106 @@
+"""The batched full-batch engine: member independence, stopping, lr backoff, weighting."""
+
+import pytest
+import torch
+
+from mtl_lab.data import make_term
+from mtl_lab.engine import FullBatchGD, GDSettings, LossTerm, member_losses, task_weights
+from mtl_lab.engine.gd import STATUS_BUDGET, STATUS_CONVERGED, STATUS_DIVERGED
+from mtl_lab.models import DiagonalNetwork, ReLUNetwork
+
+
+def _problem(seed=0, n=40, d=6):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g)
+    beta = torch.zeros(d)
+    beta[:2] = torch.tensor([1.0, -0.5])
+    return x, x @ beta
+
+
+def _train(net, xs, ys, lrs, settings, chunk=100):
+    coef = torch.tensor([1.0 / len(y) for y in ys])
+    term = make_term("main", xs, ys, coef)
+    gd = FullBatchGD(net, [term], list(net.parameters()), torch.tensor(lrs), settings)
+    gd.run_until_done(chunk)
+    return gd
+
+
+@pytest.mark.parametrize("kind", ["diagonal", "relu"])
+def test_batched_member_equals_training_it_alone(kind):
+    """Members differ in seed, n (a prefix of the same inputs), targets and lr."""
+    x, y = _problem()
+    ns, lrs, seeds = [10, 25, 40], [0.05, 0.1, 0.02], [0, 1, 2]
+    ys = [y[:10], -y[:25], 2 * y]
+
+    def make(member_seeds):
+        if kind == "diagonal":
+            return DiagonalNetwork(6, ("main",), member_seeds, alpha=0.3)
+        return ReLUNetwork(6, 12, 2, ("main",), member_seeds, init_scale=0.7, bias=True)
+
+    settings = GDSettings(max_steps=700, loss_threshold=1e-5)
+    batched = _train(make(seeds), [x[:n] for n in ns], ys, lrs, settings)
+    assert batched.terms[0].x.dim() == 2  # the prefix inputs were shared, not copied
+    for k in range(3):
+        alone = _train(make([seeds[k]]), [x[: ns[k]]], [ys[k]], [lrs[k]], settings)
+        assert int(alone.state.steps[0]) == int(batched.state.steps[k])
+        for pa, pb in zip(alone.net.parameters(), batched.net.parameters()):
+            torch.testing.assert_close(pa[0], pb[k], rtol=1e-4, atol=1e-6)
+
+
+def test_stops_at_threshold_or_budget_per_member():
+    x, y = _problem()
+    net = DiagonalNetwork(6, ("main",), [0, 0], alpha=0.5)
+    gd = _train(net, [x, x], [y, y], [0.1, 1e-4], GDSettings(max_steps=500, loss_threshold=1e-6))
+    assert gd.state.status.tolist() == [STATUS_CONVERGED, STATUS_BUDGET]
+    assert gd.state.loss[0] < 1e-6 <= gd.state.loss[1]
+    assert int(gd.state.steps[1]) == 500 and int(gd.state.steps[0]) < 500
+    # the converged member's weights are those of the step where it crossed the threshold
+    assert float(member_losses(net, gd.terms)[0].detach()) < 1e-6
+
+
+def test_divergence_restarts_at_lr_over_ten_without_touching_other_members():
+    x, y = _problem()
+    net = DiagonalNetwork(6, ("main",), [0, 0], alpha=0.5)
+    gd = _train(net, [x, x], [y, y], [50.0, 0.1], GDSettings(2000, 1e-6, max_restarts=5))
+    restarts = int(gd.state.restarts[0])
+    assert restarts >= 2  # lr 50 and 5 blow up; some lr ≤ 0.5 converges
+    assert gd.state.lr[0].item() == pytest.approx(50.0 / 10**restarts)
+    assert gd.state.status.tolist() == [STATUS_CONVERGED, STATUS_CONVERGED]
+    assert int(gd.state.restarts[1]) == 0
+    alone = _train(DiagonalNetwork(6, ("main",), [0], alpha=0.5), [x], [y], [0.1],
+                   GDSettings(2000, 1e-6))
+    torch.testing.assert_close(alone.net.w_plus[0], gd.net.w_plus[1])
+
+
+def test_member_that_always_diverges_is_reported_and_reset():
+    x, y = _problem()
+    net = DiagonalNetwork(6, ("main",), [0], alpha=0.5)
+    gd = _train(net, [x], [y], [1e6], GDSettings(1000, 1e-6, max_restarts=1))
+    assert gd.state.status.tolist() == [STATUS_DIVERGED]
+    assert all(torch.isfinite(p).all() for p in net.parameters())
+    assert gd.summary()[0]["status"] == "diverged"
+
+
+def test_task_weighting_schemes():
+    n = {"aux": torch.tensor([100.0]), "main": torch.tensor([20.0])}
+    per = task_weights(n, "per_sample")
+    assert per["aux"].item() == per["main"].item() == pytest.approx(1 / 120)
+    eq = task_weights(n, "equal")
+    assert (eq["aux"] * 100).item() == pytest.approx(0.5)
+    assert (eq["main"] * 20).item() == pytest.approx(0.5)
+    fixed = task_weights(n, "fixed", {"aux": 0.2, "main": 0.8})
+    assert (fixed["main"] * 20).item() == pytest.approx(0.8)
+    with pytest.raises(ValueError, match="per_sample"):
+        task_weights(n, "bogus")
+
+
+def test_loss_term_mask_ignores_padding():
+    x, y = _problem(n=10)
+    net = DiagonalNetwork(6, ("main",), [0, 0], alpha=0.5)
+    term = make_term("main", [x[:4], x], [y[:4], y], torch.tensor([0.25, 0.1]))
+    assert term.c[0, 4:].abs().sum() == 0
+    losses = member_losses(net, [term])
+    direct = ((net(x[:4], "main")[0] - y[:4]) ** 2).mean()
+    torch.testing.assert_close(losses[0], direct)
+    per_member = LossTerm("main", x.expand(2, 10, 6), term.y, term.c)
+    torch.testing.assert_close(member_losses(net, [per_member]), losses)
