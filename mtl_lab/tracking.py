@@ -71,5 +71,51 @@ def log_run_to_wandb(cfg: ComparisonConfig, out_dir: Path, row: dict[str, Any],
     for key, value in finals.items():
         run.summary[key] = value
     folder = run.dir
-    run.finish(quiet=True)
+    run.finish()
     return str(Path(folder).parent)
+
+
+def read_wandb_history(path: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Read an offline ``run-*.wandb`` file: (history rows, final summary).
+
+    The file is a 7-byte header (":W&B", magic, version) followed by LevelDB-style log records in
+    32 KiB blocks (4-byte checksum, 2-byte length, 1-byte type: full/first/middle/last), each
+    holding a protobuf ``Record``. Lets tests and notebooks check offline runs without a server.
+    """
+    import json
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = Path(path).read_bytes()
+    if data[:4] != b":W&B":
+        raise ValueError(f"{path} is not a wandb run file")
+    block, pos, pending = 32768, 7, b""
+    history: list[dict[str, Any]] = []
+    summary: dict[str, Any] = {}
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a header never straddles a block: skip the padding
+            pos += block - pos % block
+            continue
+        length = int.from_bytes(data[pos + 4:pos + 6], "little")
+        kind = data[pos + 6]
+        chunk = data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind == 0 and length == 0:
+            continue
+        pending = chunk if kind in (1, 2) else pending + chunk
+        if kind not in (1, 4):
+            continue
+        record = pb.Record()
+        record.ParseFromString(pending)
+        which = record.WhichOneof("record_type")
+        items = []
+        if which == "history":
+            items = record.history.item
+        elif which == "summary":
+            items = record.summary.update
+        row = {(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in items}
+        if which == "history":
+            history.append(row)
+        elif which == "summary":
+            summary.update(row)
+    return history, summary
