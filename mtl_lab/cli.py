@@ -61,7 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    stray = [e for e in extra if e.startswith("-") or "=" not in e]
+    if stray or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+    if extra:  # overrides written after an option (`run c.yaml --no-progress seeds=[1]`)
+        args.overrides = [*args.overrides, *extra]
     try:
         return args.func(args)
     except (ConfigError, CheckpointError) as err:
