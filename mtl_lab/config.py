@@ -97,7 +97,7 @@ class MTLConfig(Strict):
         if self.weighting == "fixed" and (self.weights is None or len(self.weights) != 2):
             raise ValueError("weighting 'fixed' needs weights for both 'aux' and 'main'")
         if self.weighting != "fixed" and self.weights is not None:
-            raise ValueError(f"weights are only used with weighting 'fixed', not {self.weighting!r}")
+            raise ValueError(f"weights need weighting 'fixed', not {self.weighting!r}")
         return self
 
 
@@ -215,7 +215,7 @@ def validate_config(raw: dict[str, Any], source: str = "<dict>") -> ComparisonCo
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``a.b.c=value`` overrides; values are parsed as YAML (``1e-3``, ``[1, 2]``, ``true``)."""
+    """Apply ``a.b.c=value`` overrides; values parse as YAML (``1e-3``, ``[1, 2]``, ``true``)."""
     out = _deepcopy(raw)
     for item in overrides:
         if "=" not in item:

@@ -1,7 +1,8 @@
 """Training objectives as weighted sums of squared errors over loss terms.
 
-A loss term pairs one task head with samples: L_k(θ) = Σ_terms Σ_i c_{k,i} (f_t(x_i; θ_k) − y_{k,i})²
-for ensemble member k. The per-member, per-sample coefficients c hold both the data mask
+A loss term pairs one task head with samples; for ensemble member k,
+L_k(θ) = Σ_terms Σ_i c_{k,i} (f_t(x_i; θ_k) − y_{k,i})².
+The per-member, per-sample coefficients c hold both the data mask
 (c = 0 for samples a member does not see, e.g. beyond its n_main) and the task weighting
 (per-sample, equal, or fixed; see :func:`task_weights`).
 """

@@ -46,7 +46,7 @@ class ReLUNetwork(SharedTrunkNetwork):
     ) -> None:
         super().__init__()
         if depth < 1 or width < 1 or in_dim < 1:
-            raise ValueError(f"need depth ≥ 1, width ≥ 1, in_dim ≥ 1; got {depth}, {width}, {in_dim}")
+            raise ValueError(f"need depth, width, in_dim ≥ 1; got {depth}, {width}, {in_dim}")
         k = len(seeds)
         self._spec = dict(in_dim=in_dim, width=width, depth=depth, bias=bias)
         self.tasks = tuple(tasks)
