@@ -19,7 +19,7 @@ def quiet_lightning() -> None:
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=r".*(does not have many workers|LitLogger|"
-                            r"configure_optimizers|`training_step` returned `None`).*")
+                            r"configure_optimizers|`training_step` returned `None`|LeafSpec).*")
 
 
 def group_loggers(cfg: ComparisonConfig, out_dir: Path) -> Callable[[str], list]:
