@@ -1,0 +1,189 @@
+"""Engine speed, measured in one run on one machine (ratios, not absolute times, are the point).
+
+For the diagonal network (d = 1000, n = 1024) and the paper's ReLU trunk (d = 15, width 1000,
+n = 1024) it prints, in steps/s of full-batch gradient descent:
+  (a) a plain PyTorch loop on one run,
+  (b) the lab's engine (Lightning recipe, batched GD loop) on one run,
+  (c) the lab's engine on K runs of one seed of a sweep, as runs × steps/s,
+  (d) the FLOP rate (c) reaches as a fraction of bare torch matrix products of the same shapes.
+Targets: diagonal (b) ≥ 0.8 (a), (c) ≥ 6 (a), (d) ≥ 0.6; ReLU (b) ≥ 0.8 (a), (c) ≥ 1 (a).
+
+Run: python benchmarks/engine.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+
+import torch
+
+from mtl_lab.config import validate_config
+from mtl_lab.data import make_term
+from mtl_lab.models import DiagonalNetwork, ReLUNetwork
+from mtl_lab.regimes.base import GroupContext, fit
+from mtl_lab.tracking import quiet_lightning
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def plain_diagonal(x, y, steps: int, lr: float = 1e-3) -> float:
+    """(a) The loop a researcher would write for one diagonal network."""
+    d = x.shape[1]
+    ps = [torch.full((d,), 0.1, requires_grad=True) for _ in range(4)]
+
+    def loop():
+        for _ in range(steps):
+            wp, wm, vp, vm = ps
+            loss = ((x @ (wp * vp - wm * vm) - y) ** 2).mean()
+            loss.backward()
+            with torch.no_grad():
+                for p in ps:
+                    p -= lr * p.grad
+                    p.grad = None
+
+    return steps / _timed(loop)
+
+
+def plain_relu(x, y, width: int, steps: int, lr: float = 1e-3) -> float:
+    """(a) The loop a researcher would write for one one-hidden-layer ReLU network."""
+    g = torch.Generator().manual_seed(0)
+    w = (torch.randn(width, x.shape[1], generator=g) * (2 / x.shape[1]) ** 0.5).requires_grad_()
+    v = (torch.randn(width, generator=g) / width**0.5).requires_grad_()
+
+    def loop():
+        for _ in range(steps):
+            loss = ((torch.relu(x @ w.T) @ v - y) ** 2).mean()
+            loss.backward()
+            with torch.no_grad():
+                for p in (w, v):
+                    p -= lr * p.grad
+                    p.grad = None
+
+    return steps / _timed(loop)
+
+
+def engine(net, x_list, y_list, steps: int, lr: float = 1e-3, budget_mb: float | None = None,
+           chunk: int = 500) -> float:
+    """(b)/(c) The lab's path: Lightning recipe over the batched GD loop; runs × steps/s."""
+    training = {"lr": lr, "max_steps": steps, "loss_threshold": 0.0, "steps_per_call": chunk,
+                "divergence_limit": 1e30}
+    if budget_mb is not None:
+        training["max_ensemble_mb"] = budget_mb
+    cfg = validate_config({"regimes": ["stl"], "seeds": [0], "n_main": [1],
+                           "task": {"family": "sparse_linear",
+                                    "params": {"d": 2, "k_aux": 1, "k_main": 1, "overlap": 0,
+                                               "n_aux": 1}},
+                           "training": training, "logging": {"csv": False, "progress": False},
+                           "trainer": {"accelerator": "cpu"}})
+    ctx = GroupContext(cfg, progress=False)
+    coef = torch.tensor([1.0 / len(y) for y in y_list])
+    term = make_term("main", x_list, y_list, coef)
+    k = net.ensemble_size
+    lrs = torch.full((k,), lr)
+    seconds = _timed(lambda: fit(net, [term], ["trunk", "heads"], lrs, cfg.training, ctx, "b"))
+    return k * steps / seconds
+
+
+def matmul_rate(shapes: list[tuple[tuple[int, int], tuple[int, int]]], reps: int) -> float:
+    """FLOP/s of bare torch matrix products (the arithmetic limit of one GD step)."""
+    mats = [(torch.randn(*a), torch.randn(*b)) for a, b in shapes]
+    flops = sum(2 * a[0] * a[1] * b[1] for a, b in shapes)
+    for a, b in mats:
+        a @ b
+
+    def loop():
+        for _ in range(reps):
+            for a, b in mats:
+                a @ b
+
+    return flops * reps / _timed(loop)
+
+
+def sweep_members(x, k_runs: int) -> tuple[list, list, list, list]:
+    """K runs of one seed of a diagonal sweep: n_main, overlap, c and γ vary (shared inputs)."""
+    import itertools
+
+    g = torch.Generator().manual_seed(1)
+    d = x.shape[1]
+    aux = torch.randperm(d, generator=g)[:40]
+    combos = list(itertools.product([128, 256, 512, 1024], [0, 20, 30, 40], [1.0, 0.1],
+                                    [1e-3, 1e-2]))[:k_runs]
+    xs, ys, cs, gammas = [], [], [], []
+    for n, overlap, c, gamma in combos:
+        beta = torch.zeros(d)
+        new = torch.arange(d)[~torch.isin(torch.arange(d), aux)][: 20 - min(overlap, 20)]
+        beta[torch.cat([aux[:overlap], new])[:20]] = 1 / 20**0.5
+        xs.append(x[:n])
+        ys.append(x[:n] @ beta)
+        cs.append(c)
+        gammas.append(gamma)
+    return xs, ys, cs, gammas
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="fewer steps (noisier)")
+    args = parser.parse_args()
+    quiet_lightning()
+    scale = 0.25 if args.quick else 1.0
+    torch.manual_seed(0)
+    print(f"machine: {platform.machine()} {platform.processor() or ''}, torch "
+          f"{torch.__version__}, {torch.get_num_threads()} threads")
+
+    # --- diagonal network, d = 1000, n = 1024 ---
+    n, d, k = 1024, 1000, 64
+    x = torch.randn(n, d)
+    y = x[:, :20].sum(1) / 20**0.5
+    steps = int(2000 * scale)
+    a = plain_diagonal(x, y, steps)
+    b = engine(DiagonalNetwork(d, ("main",), [0], alpha=0.1), [x], [y], steps)
+    xs, ys, cs, gammas = sweep_members(x, k)
+    net = DiagonalNetwork(d, ("main",), list(range(k)), alpha=0.1,
+                          head_init_scale=torch.tensor(gammas))
+    net.rescale_trunk(torch.tensor(cs))
+    c = engine(net, xs, ys, int(500 * scale))
+    limit = matmul_rate([((n, d), (d, k)), ((d, n), (n, k))], int(200 * scale))
+    d_frac = c * 4 * n * d / limit
+    print("\ndiagonal network, d=1000, n=1024")
+    print(f"  (a) plain loop, 1 run           {a:10.0f} steps/s")
+    print(f"  (b) engine, 1 run               {b:10.0f} steps/s   (b)/(a) = {b / a:5.2f}"
+          "  target ≥ 0.8")
+    print(f"  (c) engine, K={k} sweep runs     {c:10.0f} runs·steps/s (c)/(a) = {c / a:5.2f}"
+          "  target ≥ 6")
+    print(f"  (d) FLOP rate of (c) / bare matmul = {d_frac:5.2f}  target ≥ 0.6 "
+          f"({c * 4 * n * d / 1e9:.1f} vs {limit / 1e9:.1f} GFLOP/s)")
+
+    # --- ReLU trunk, d = 15, width 1000, n = 1024 ---
+    d, width, k = 15, 1000, 16
+    x = torch.randn(n, d)
+    y = torch.relu(x[:, :3]).sum(1)
+    steps = int(400 * scale)
+    a = plain_relu(x, y, width, steps)
+    b = engine(ReLUNetwork(d, width, 1, ("main",), [0]), [x], [y], steps, chunk=100)
+    print("\nReLU trunk, d=15, width=1000, n=1024")
+    print(f"  (a) plain loop, 1 run           {a:10.0f} steps/s")
+    print(f"  (b) engine, 1 run               {b:10.0f} steps/s   (b)/(a) = {b / a:5.2f}"
+          "  target ≥ 0.8")
+    ns = [128 * 2 ** (i % 4) for i in range(k)]
+    for budget in (None, 1e9):
+        net = ReLUNetwork(d, width, 1, ("main",), list(range(k)))
+        c = engine(net, [x[:m] for m in ns], [y[:m] for m in ns], steps, budget_mb=budget,
+                   chunk=100)
+        label = "default memory budget" if budget is None else "one ensemble (no chunking)"
+        print(f"  (c) engine, K={k}, {label:27s} {c:8.0f} runs·steps/s "
+              f"(c)/(a) = {c / a:5.2f}  target ≥ 1")
+    flops_step = 2 * (2 * n * d * width) + 3 * (2 * n * width)
+    limit = matmul_rate([((n, d), (d, k * width)), ((k * width, n), (n, d))], int(20 * scale))
+    print(f"  (d) arithmetic limit: {limit / 1e9:.1f} GFLOP/s; (c) reaches "
+          f"{c * flops_step / 1e9:.1f} GFLOP/s = {c * flops_step / limit:4.2f} of it "
+          "(ReLU + head are memory-bound)")
+
+
+if __name__ == "__main__":
+    main()
