@@ -1,8 +1,8 @@
 """Training engine: objectives, the batched full-batch GD loop, and Lightning recipes."""
 
 from mtl_lab.engine.gd import STATUS_NAMES, FullBatchGD, GDSettings, GDState, max_chunks
-from mtl_lab.engine.lightning import FullBatchRecipe, GDProgress, MinibatchRecipe, TicksDataModule
 from mtl_lab.engine.objective import LossTerm, member_losses, prefix_mask, task_weights
+from mtl_lab.engine.recipes import FullBatchRecipe, GDProgress, MinibatchRecipe, TicksDataModule
 
 __all__ = [
     "STATUS_NAMES",

@@ -47,7 +47,7 @@ class GDState:
     status: Tensor
     restarts: Tensor
     loss: Tensor
-    total_steps: Tensor
+    running: Tensor
     history: list[tuple[int, Tensor]] = field(default_factory=list)
 
     @classmethod
@@ -60,12 +60,12 @@ class GDState:
             status=zeros.clone(),
             restarts=zeros.clone(),
             loss=torch.full((k,), float("nan"), dtype=lr.dtype, device=lr.device),
-            total_steps=zeros.clone(),
+            running=torch.ones(k, dtype=torch.bool, device=lr.device),
         )
 
     @property
     def active(self) -> Tensor:
-        return self.status == STATUS_RUNNING
+        return self.running
 
 
 class FullBatchGD:
@@ -96,43 +96,50 @@ class FullBatchGD:
         dtype = self.params[0].dtype
         self.state = GDState.start(lr.to(self.params[0].device, dtype))
         self.initial = [p.detach().clone() for p in self.params]
+        self.steps_run = 0
+        self._ones = torch.ones_like(self.state.lr)
         self._shapes = [(-1,) + (1,) * (p.dim() - 1) for p in self.params]
 
     def step(self) -> Tensor:
-        """One GD step for every running member; returns the pre-step losses (K,)."""
+        """One GD step for every running member; returns the pre-step losses (K,).
+
+        A member stops (before stepping) when L_k < threshold, its budget is spent, or L_k is NaN
+        or above the divergence limit; why it stopped is read off its last loss at chunk end.
+        The per-step bookkeeping is a handful of (K,) tensor ops: no host synchronisation.
+        """
         s, cfg = self.state, self.settings
         loss = member_losses(self.net, self.terms)
-        running = s.status == STATUS_RUNNING
-        bad = ~torch.isfinite(loss) | (loss > cfg.divergence_limit)
-        done = loss < cfg.loss_threshold
-        spent = s.steps >= cfg.max_steps
-        s.status = torch.where(
-            running & bad,
-            STATUS_DIVERGED,
-            torch.where(
-                running & done,
-                STATUS_CONVERGED,
-                torch.where(running & spent, STATUS_BUDGET, s.status),
-            ),
-        )
-        s.loss = torch.where(running, loss.detach(), s.loss)
-        move = (s.status == STATUS_RUNNING).to(loss.dtype)
-        grads = torch.autograd.grad(loss.sum(), self.params)
-        rate = -(s.lr * move)
+        value = loss.detach()
+        keep = (value >= cfg.loss_threshold) & (value <= cfg.divergence_limit)  # NaN: False
+        keep &= s.steps < cfg.max_steps
+        s.loss = torch.where(s.running, value, s.loss)
+        s.running &= keep
+        grads = torch.autograd.grad(loss, self.params, self._ones)
+        rate = s.lr * s.running
         with torch.no_grad():
-            torch._foreach_add_(
-                self.params, [g * rate.view(shape) for g, shape in zip(grads, self._shapes)]
+            torch._foreach_addcmul_(
+                self.params, grads, [rate.view(shape) for shape in self._shapes], value=-1.0
             )
-        s.steps += move.long()
-        s.total_steps += move.long()
+        s.steps += s.running
         return loss
+
+    @torch.no_grad()
+    def _classify(self) -> None:
+        """Status of every member from its running flag and the loss it stopped at."""
+        s, cfg = self.state, self.settings
+        stopped = torch.where(
+            ~(s.loss <= cfg.divergence_limit),
+            STATUS_DIVERGED,
+            torch.where(s.loss < cfg.loss_threshold, STATUS_CONVERGED, STATUS_BUDGET),
+        )
+        s.status = torch.where(s.running, STATUS_RUNNING, stopped)
 
     @torch.no_grad()
     def restart_diverged(self) -> bool:
         """Restart diverged members at η/backoff from their initial weights; True if any did."""
         s, cfg = self.state, self.settings
-        diverged = s.status == STATUS_DIVERGED
-        retry = diverged & (s.restarts < cfg.max_restarts)
+        self._classify()
+        retry = (s.status == STATUS_DIVERGED) & (s.restarts < cfg.max_restarts)
         if not bool(retry.any()):
             return False
         for p, p0, shape in zip(self.params, self.initial, self._shapes):
@@ -140,6 +147,7 @@ class FullBatchGD:
         s.lr = torch.where(retry, s.lr / cfg.lr_backoff, s.lr)
         s.restarts += retry.long()
         s.steps = torch.where(retry, 0, s.steps)
+        s.running |= retry
         s.status = torch.where(retry, STATUS_RUNNING, s.status)
         return True
 
@@ -152,9 +160,17 @@ class FullBatchGD:
 
     def run_chunk(self, chunk: int) -> bool:
         """``chunk`` steps, then handle restarts; returns True while some member still runs."""
-        for _ in range(chunk):
+        s = self.state
+        if bool(s.running.any()):  # never step past the largest remaining budget (+1 check)
+            left = self.settings.max_steps + 1 - int(s.steps[s.running].min())
+            chunk = max(1, min(chunk, left))
+        for i in range(chunk):
+            if i % 64 == 63 and not bool(s.running.any()):  # all stopped early
+                chunk = i
+                break
             self.step()
-        self.state.history.append((int(self.state.total_steps.max()), self.state.loss.clone()))
+        self.steps_run += chunk
+        self.state.history.append((self.steps_run, self.state.loss.clone()))
         self.restart_diverged()
         running = bool(self.state.active.any())
         if not running:

@@ -37,9 +37,12 @@ class LossTerm:
         )
 
     def select(self, index: Tensor) -> LossTerm:
-        """The same term restricted to a subset of members."""
-        x = self.x if self.x.dim() == 2 else self.x[index]
-        return LossTerm(self.task, x, self.y[index], self.c[index])
+        """The same term restricted to a subset of members, trimmed to the samples they use."""
+        c = self.c[index]
+        used = torch.nonzero(c.ne(0).any(0))
+        n = int(used.max()) + 1 if used.numel() else 0
+        x = self.x[:n] if self.x.dim() == 2 else self.x[index, :n]
+        return LossTerm(self.task, x, self.y[index, :n], c[:, :n])
 
 
 def member_losses(net: SharedTrunkNetwork, terms: Sequence[LossTerm]) -> Tensor:

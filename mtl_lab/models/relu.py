@@ -113,6 +113,8 @@ class ReLUNetwork(SharedTrunkNetwork):
         h, nkh = self._hidden(x)
         v = self.heads[task]
         if nkh:
+            if h.shape[1] == 1:  # a single run: a plain matrix-vector product
+                return (h.view(h.shape[0], -1) @ v[0]).unsqueeze(0)
             return (h * v).sum(-1).T
         return (h * v.unsqueeze(1)).sum(-1)
 

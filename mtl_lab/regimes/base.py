@@ -23,7 +23,8 @@ from mtl_lab.engine import (
     MinibatchRecipe,
     TicksDataModule,
 )
-from mtl_lab.engine.lightning import minibatch_loader
+from mtl_lab.engine.memory import keep_freed_memory
+from mtl_lab.engine.recipes import minibatch_loader
 from mtl_lab.models import DiagonalNetwork, ReLUNetwork, SharedTrunkNetwork
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -96,6 +97,8 @@ def fit(net: SharedTrunkNetwork, terms: Sequence[LossTerm], trainable: Sequence[
     ``trainable`` names parameters ('trunk', 'heads' or a task name's head). Returns the trained
     ensemble, per-member summaries and per-member loss histories.
     """
+    if ctx.device.type == "cpu":
+        keep_freed_memory()
     k = net.ensemble_size
     size = member_chunks(net, terms, training.max_ensemble_mb) if training.mode == "full_batch" \
         else k
