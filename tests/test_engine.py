@@ -104,3 +104,43 @@ def test_loss_term_mask_ignores_padding():
     torch.testing.assert_close(losses[0], direct)
     per_member = LossTerm("main", x.expand(2, 10, 6), term.y, term.c)
     torch.testing.assert_close(member_losses(net, [per_member]), losses)
+
+
+def test_memory_chunked_ensemble_equals_one_ensemble():
+    """Sub-ensembles trained one after the other inside one fit give the same members."""
+    from mtl_lab.config import validate_config
+    from mtl_lab.regimes.base import GroupContext, fit
+    from tests.conftest import tiny_raw
+
+    x, y = _problem()
+    term = make_term("main", [x[:10], x[:25], x], [y[:10], y[:25], y],
+                     torch.tensor([0.1, 0.04, 0.025]))
+    out = []
+    for budget in (1e-9, 1e9):  # one member at a time / all at once
+        cfg = validate_config(tiny_raw(**{"training.max_ensemble_mb": budget,
+                                          "training.max_steps": 300}))
+        net = ReLUNetwork(6, 12, 1, ("main",), [0, 1, 2], init_scale=0.7)
+        trained, summary, history = fit(net, [term], ["trunk", "heads"],
+                                        torch.tensor([0.05, 0.1, 0.02]), cfg.training,
+                                        GroupContext(cfg, progress=False), "t")
+        assert len(summary) == len(history) == 3
+        out.append((trained, summary))
+    (a, sa), (b, sb) = out
+    assert [s["steps"] for s in sa] == [s["steps"] for s in sb]
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=1e-4, atol=1e-6)
+
+
+def test_minibatch_adam_recipe_reduces_the_loss(tmp_path):
+    from mtl_lab.comparison import run_comparison
+    from mtl_lab.config import validate_config
+    from tests.conftest import tiny_raw
+
+    cfg = validate_config(tiny_raw(**{"regimes": ["stl", "mtl"], "n_main": [32],
+                                      "training": {"mode": "minibatch", "lr": 0.01,
+                                                   "batch_size": 16, "epochs": 30}}))
+    results = run_comparison(cfg, tmp_path)
+    untrained = run_comparison(cfg.model_copy(update={"training": cfg.training.model_copy(
+        update={"epochs": 1, "lr": 1e-9})}), tmp_path / "untrained")
+    assert (results["train_loss"] < 0.2 * untrained["train_loss"]).all()
+    assert (results["steps"] > 0).all()

@@ -32,7 +32,12 @@ class TicksDataModule(L.LightningDataModule):
 
 
 class FullBatchRecipe(L.LightningModule):
-    """Train ``trainable`` parameters of an ensemble on ``terms`` by full-batch GD."""
+    """Train ``trainable`` parameters of an ensemble on ``terms`` by full-batch GD.
+
+    Members train in consecutive chunks of ``member_chunk`` (all at once by default): where a
+    big ensemble would be memory-bound, smaller sub-ensembles run one after the other inside the
+    same Lightning fit, so the fit's start-up cost is paid once.
+    """
 
     def __init__(
         self,
@@ -43,6 +48,7 @@ class FullBatchRecipe(L.LightningModule):
         settings: GDSettings,
         steps_per_call: int = 1000,
         dtype: torch.dtype = torch.float32,
+        member_chunk: int | None = None,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -52,38 +58,70 @@ class FullBatchRecipe(L.LightningModule):
         self.lr = lr
         self.settings = settings
         self.steps_per_call = steps_per_call
-        self.engine: FullBatchGD | None = None
-        self._running = True
+        k = net.ensemble_size
+        size = min(k, member_chunk or k)
+        self.member_groups = [torch.arange(s, min(k, s + size)) for s in range(0, k, size)]
+        self.engines: list[FullBatchGD] = []
+        self.current = 0
         self._dtype = dtype
+
+    @property
+    def engine(self) -> FullBatchGD | None:
+        """The engine of the sub-ensemble now training (the last one once all are done)."""
+        if not self.engines:
+            return None
+        return self.engines[min(self.current, len(self.engines) - 1)]
 
     def ticks(self) -> int:
         """Lightning steps that certainly suffice (training stops earlier when all are done)."""
-        return max_chunks(self.settings, self.steps_per_call)
+        return max_chunks(self.settings, self.steps_per_call) * len(self.member_groups)
 
     def on_fit_start(self) -> None:
-        params = [self.net.get_parameter(n) for n in self._trainable_names]
         for p in self.net.parameters():
             p.requires_grad_(False)
-        for p in params:
-            p.requires_grad_(True)
         terms = [t.to(self.device, self._dtype) for t in self.terms]
-        self.engine = FullBatchGD(self.net, terms, params, self.lr, self.settings)
+        whole = len(self.member_groups) == 1
+        for idx in self.member_groups:
+            net = self.net if whole else self.net.select_members(idx.to(self.device))
+            params = [net.get_parameter(n) for n in self._trainable_names]
+            for p in params:
+                p.requires_grad_(True)
+            sub_terms = terms if whole else [t.select(idx.to(self.device)) for t in terms]
+            self.engines.append(FullBatchGD(net, sub_terms, params, self.lr[idx], self.settings))
+
+    def trained_network(self) -> SharedTrunkNetwork:
+        """The whole ensemble after training, members in their original order."""
+        if len(self.engines) == 1:
+            return self.engines[0].net
+        from mtl_lab.checkpoints import stack_networks
+
+        return stack_networks([e.net for e in self.engines])
+
+    def summary(self) -> list[dict]:
+        return [row for e in self.engines for row in e.summary()]
+
+    def histories(self) -> list[list[tuple[int, float]]]:
+        """Per member: (step, loss) at the end of every chunk of steps."""
+        return [[(step, float(loss[k])) for step, loss in e.state.history]
+                for e in self.engines for k in range(e.state.lr.shape[0])]
 
     def configure_optimizers(self) -> None:
         return None
 
     def on_train_batch_start(self, batch, batch_idx: int) -> int | None:
-        return -1 if not self._running else None
+        return -1 if self.current >= len(self.engines) else None
 
     def training_step(self, batch, batch_idx: int) -> None:
+        engine = self.engines[self.current]
         with torch.enable_grad():
-            self._running = self.engine.run_chunk(self.steps_per_call)
-        loss = self.engine.state.loss
+            if not engine.run_chunk(self.steps_per_call):
+                self.current += 1
+        loss = engine.state.loss
         finite = loss[torch.isfinite(loss)]
         if finite.numel():
             self.log("train/loss_mean", finite.mean(), prog_bar=True)
             self.log("train/loss_max", finite.max())
-        self.log("train/running", self.engine.state.active.sum().float())
+        self.log("train/running", engine.state.active.sum().float())
 
 
 def _names_of(net: torch.nn.Module, params: Sequence[torch.nn.Parameter]) -> list[str]:
@@ -167,12 +205,15 @@ class GDProgress(L.Callback):
         self.bar: tqdm | None = None
 
     def on_train_start(self, trainer: L.Trainer, module: FullBatchRecipe) -> None:
-        self.bar = tqdm(total=module.settings.max_steps, desc=self.description, leave=self.leave,
-                        unit="step", dynamic_ncols=True)
+        total = module.settings.max_steps * len(module.member_groups)
+        self.bar = tqdm(total=total, desc=self.description, leave=self.leave, unit="step",
+                        dynamic_ncols=True)
 
     def on_train_batch_end(self, trainer, module: FullBatchRecipe, outputs, batch, idx) -> None:
         state = module.engine.state
-        done = int(state.steps.max()) if bool(state.active.any()) else module.settings.max_steps
+        per = module.settings.max_steps
+        running = bool(state.active.any())
+        done = module.current * per + (min(int(state.steps.max()), per) if running else 0)
         self.bar.n = min(done, self.bar.total)
         loss = state.loss[torch.isfinite(state.loss)]
         mean = float(loss.mean()) if loss.numel() else math.nan

@@ -92,33 +92,19 @@ def member_chunks(net: SharedTrunkNetwork, terms: Sequence[LossTerm], budget_mb:
 def fit(net: SharedTrunkNetwork, terms: Sequence[LossTerm], trainable: Sequence[str],
         lr: Tensor, training: TrainingConfig, ctx: GroupContext, name: str
         ) -> tuple[SharedTrunkNetwork, list[dict], list[list[tuple[int, float]]]]:
-    """Train an ensemble (in memory-bounded chunks of members) with the configured recipe.
+    """Train an ensemble with the configured recipe (full-batch GD or minibatch).
 
     ``trainable`` names parameters ('trunk', 'heads' or a task name's head). Returns the trained
     ensemble, per-member summaries and per-member loss histories.
     """
     if ctx.device.type == "cpu":
         keep_freed_memory()
-    k = net.ensemble_size
-    size = member_chunks(net, terms, training.max_ensemble_mb) if training.mode == "full_batch" \
-        else k
-    parts, summaries, histories = [], [], []
-    for start in range(0, k, size):
-        idx = torch.arange(start, min(k, start + size))
-        sub = net if size >= k else net.select_members(idx)
-        sub_terms = [t.select(idx) for t in terms] if size < k else list(terms)
-        t0 = time.perf_counter()
-        trained, summ, hist = _fit_one(sub, sub_terms, trainable, lr[idx], training, ctx,
-                                       f"{name}" if size >= k else f"{name}[{start}]")
-        wall = time.perf_counter() - t0
-        for s in summ:
-            s["train_wall_time"] = wall / len(idx)
-        parts.append(trained)
-        summaries += summ
-        histories += hist
-    from mtl_lab.checkpoints import stack_networks
-
-    return stack_networks(parts), summaries, histories
+    t0 = time.perf_counter()
+    trained, summaries, histories = _fit(net, terms, trainable, lr, training, ctx, name)
+    wall = time.perf_counter() - t0
+    for s in summaries:
+        s["train_wall_time"] = wall / len(summaries)
+    return trained, summaries, histories
 
 
 def _trainable_params(net: SharedTrunkNetwork, trainable: Sequence[str]) -> list:
@@ -149,22 +135,21 @@ def _trainer(ctx: GroupContext, name: str, steps: int, callbacks: list) -> L.Tra
     )
 
 
-def _fit_one(net, terms, trainable, lr, training: TrainingConfig, ctx: GroupContext, name: str):
+def _fit(net, terms, trainable, lr, training: TrainingConfig, ctx: GroupContext, name: str):
     dtype = DTYPES[training.dtype]
     params = _trainable_params(net, trainable)
     if training.mode == "full_batch":
         settings = GDSettings(training.max_steps, training.loss_threshold,
                               training.divergence_limit, training.max_restarts,
                               training.lr_backoff)
+        chunk = member_chunks(net, terms, training.max_ensemble_mb)
         recipe = FullBatchRecipe(net, terms, params, lr, settings, training.steps_per_call,
-                                 dtype)
+                                 dtype, member_chunk=chunk)
         callbacks = [GDProgress(name)] if ctx.progress else []
         trainer = _trainer(ctx, name, recipe.ticks(), callbacks)
         trainer.fit(recipe, datamodule=TicksDataModule(recipe.ticks()))
-        engine = recipe.engine
-        hist = [[(step, float(loss[k])) for step, loss in engine.state.history]
-                for k in range(net.ensemble_size)]
-        return recipe.net.cpu().float(), engine.summary(), hist
+        trained = recipe.trained_network().cpu().float()
+        return trained, recipe.summary(), recipe.histories()
     net = net.to(dtype)
     recipe = MinibatchRecipe(net, [t.to("cpu", dtype) for t in terms], params, float(lr[0]),
                              training.optimizer, training.momentum, training.weight_decay)
