@@ -78,7 +78,7 @@ class TrainingConfig(Strict):
     lr_backoff: float = Field(10.0, gt=1.0)
     steps_per_call: PositiveInt = 1000
     dtype: Literal["float32", "float64"] = "float32"
-    max_ensemble_mb: PositiveFloat = 24.0
+    max_ensemble_mb: PositiveFloat = 16.0
     optimizer: Literal["sgd", "adam"] = "adam"
     batch_size: PositiveInt = 64
     epochs: PositiveInt = 100
