@@ -23,7 +23,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     with pd.option_context("display.float_format", "{:.3e}".format, "display.width", 120):
         print(f"\nTest loss on the main task (mean over {len(cfg.seeds)} seed(s)):")
         print(comparison_table(results).to_string())
-    print(f"\nResults: {out}/results.parquet  ({len(results)} runs)")
+    print(f"\nResults: {out}/results.parquet ({len(results)} runs), figure {out}/comparison.png")
     return 0
 
 

@@ -25,6 +25,7 @@ import tasks
 from mtl_lab.checkpoints import save_network
 from mtl_lab.config import REGIME_LABELS, ComparisonConfig, ConfigError, dump_config, flatten
 from mtl_lab.data import TaskTensors
+from mtl_lab.plots import plot_comparison
 from mtl_lab.regimes import REGIME_FUNCTIONS, GroupContext, Member, PretrainStore
 from mtl_lab.tracking import group_loggers, log_run_to_wandb, quiet_lightning
 
@@ -152,7 +153,9 @@ def run_comparison(cfg: ComparisonConfig, output_dir: str | Path | None = None,
         bar.update(len(specs))
     bar.close()
     ids = {r.run_id for r in runs}
-    return table[table["run_id"].isin(ids)].reset_index(drop=True)
+    mine = table[table["run_id"].isin(ids)].reset_index(drop=True)
+    plot_comparison(mine, out_dir / "comparison.png", title=cfg.name)
+    return mine
 
 
 def _row(cfg: ComparisonConfig, spec: RunSpec, metrics: dict, wall: float, size: int) -> dict:

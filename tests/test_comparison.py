@@ -39,6 +39,7 @@ def test_output_folder_and_results_table(tmp_path):
     assert len(glob.glob(str(out / "checkpoints" / "run-*.pt"))) == 4
     assert len(glob.glob(str(out / "checkpoints" / "pretrain-*.pt"))) == 1
     assert glob.glob(str(out / "logs" / "*" / "version_0" / "metrics.csv"))
+    assert (out / "comparison.png").stat().st_size > 5000  # a real figure, not an empty file
     table = comparison_table(results)
     assert list(table.columns) == ["STL", "PT+FT"] and list(table.index) == [8, 32]
 
