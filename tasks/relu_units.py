@@ -11,34 +11,33 @@ from __future__ import annotations
 from typing import Annotated
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from tasks.registry import register_family
-from tasks.sampling import random_signs, teacher_rng, teacher_student_splits
+from tasks.sampling import (
+    PosInt,
+    TeacherStudentParams,
+    random_signs,
+    teacher_rng,
+    teacher_student_splits,
+)
 
-PosInt = Annotated[int, Field(ge=1)]
 Rho = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 Magnitude = Annotated[float, Field(gt=0.0, allow_inf_nan=False)]
 
 
-class ReluUnitsParams(BaseModel):
+class ReluUnitsParams(TeacherStudentParams):
     """Parameters of ``relu_units``; scalar correlation/magnitude broadcast to m_main values.
 
     After validation ``correlation`` and ``magnitude`` are always lists of length m_main, so a
     scalar and the equivalent list give the same cache key.
     """
 
-    model_config = ConfigDict(extra="forbid")
-
     d: PosInt = 15
     m_aux: PosInt = 6
     m_main: PosInt = 6
     correlation: Rho | list[Rho]
     magnitude: Magnitude | list[Magnitude] = 1.0
-    n_aux: PosInt
-    n_main: PosInt
-    n_test: PosInt = 10000
-    noise_std: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] = 0.0
 
     @model_validator(mode="after")
     def _check_shapes(self) -> ReluUnitsParams:

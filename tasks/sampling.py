@@ -8,8 +8,10 @@ teacher parameters, and a smaller n is an exact prefix of a larger n.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Annotated
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 SPLITS: tuple[str, ...] = ("aux_train", "main_train", "aux_test", "main_test")
 """The four splits of every task, in canonical order."""
@@ -79,3 +81,21 @@ def teacher_student_splits(
 def random_signs(rng: np.random.Generator, size: int) -> np.ndarray:
     """Return ``size`` i.i.d. uniform ±1 values (float64)."""
     return rng.choice(np.array([-1.0, 1.0]), size=size)
+
+
+PosInt = Annotated[int, Field(ge=1)]
+
+
+class TeacherStudentParams(BaseModel):
+    """Fields every teacher–student family shares: sample sizes and label noise.
+
+    A family's parameter model subclasses this and adds its teacher's parameters; unknown keys
+    are errors (``extra="forbid"``).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    n_aux: PosInt
+    n_main: PosInt
+    n_test: PosInt = 10000
+    noise_std: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] = 0.0

@@ -10,28 +10,26 @@ from __future__ import annotations
 from typing import Annotated
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from tasks.registry import register_family
-from tasks.sampling import random_signs, teacher_rng, teacher_student_splits
+from tasks.sampling import (
+    PosInt,
+    TeacherStudentParams,
+    random_signs,
+    teacher_rng,
+    teacher_student_splits,
+)
 
-PosInt = Annotated[int, Field(ge=1)]
 
-
-class SparseLinearParams(BaseModel):
+class SparseLinearParams(TeacherStudentParams):
     """Parameters of ``sparse_linear`` (exactly one of ``overlap`` or ``nested=True``)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     d: PosInt
     k_aux: PosInt
     k_main: PosInt
     overlap: Annotated[int, Field(ge=0)] | None = None
     nested: bool = False
-    n_aux: PosInt
-    n_main: PosInt
-    n_test: PosInt = 10000
-    noise_std: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] = 0.0
 
     @model_validator(mode="after")
     def _check_supports(self) -> SparseLinearParams:
