@@ -102,3 +102,9 @@ def test_wandb_offline_runs_hold_the_logged_metrics(tmp_path):
     assert summary["regime"] == "stl" if "regime" in summary else True
     losses = [row["train/loss"] for row in history if "train/loss" in row]
     assert losses and losses[-1] == pytest.approx(results["train_loss"].iloc[0], rel=1e-6)
+
+
+def test_tensorboard_logger_writes_event_files(tmp_path):
+    cfg = _cfg(**{"regimes": ["stl"], "n_main": [8], "logging.tensorboard": True})
+    run_comparison(cfg, tmp_path / "out")
+    assert glob.glob(str(tmp_path / "out" / "tensorboard" / "*" / "*" / "events.out.tfevents.*"))
