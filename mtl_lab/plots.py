@@ -33,6 +33,9 @@ def plot_comparison(results: pd.DataFrame, path: str | Path,
         ax.errorbar(part.index, part["mean"], yerr=part["sem"].fillna(0.0), marker="o",
                     capsize=3, label=label, color=REGIME_COLOURS[label])
     ax.set_xscale("log", base=2)
+    sizes = sorted(stats.index.get_level_values(1).unique())
+    ax.set_xticks(sizes, [str(n) for n in sizes])
+    ax.minorticks_off()
     ax.set_yscale("log")
     ax.set_xlabel("main-task training samples n_main")
     ax.set_ylabel(f"{metric.replace('_', ' ')} (MSE)")
