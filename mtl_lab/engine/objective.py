@@ -75,8 +75,3 @@ def task_weights(
             raise ValueError(f"fixed weighting needs one weight per task {sorted(counts)}")
         return {t: fixed[t] / n for t, n in counts.items()}
     raise ValueError(f"unknown task weighting {scheme!r}: use per_sample, equal or fixed")
-
-
-def prefix_mask(counts: Tensor, n: int) -> Tensor:
-    """(K, n) mask that keeps the first counts[k] samples for member k."""
-    return (torch.arange(n).unsqueeze(0) < counts.unsqueeze(1)).to(torch.float32)

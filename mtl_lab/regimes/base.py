@@ -119,12 +119,14 @@ def _trainable_params(net: SharedTrunkNetwork, trainable: Sequence[str]) -> list
     return params
 
 
-def _trainer(ctx: GroupContext, name: str, steps: int, callbacks: list) -> L.Trainer:
+def _trainer(ctx: GroupContext, name: str, callbacks: list, *, ticks: int = -1,
+             epochs: int = 1) -> L.Trainer:
+    """A quiet single-device trainer: ``ticks`` Lightning steps or ``epochs`` epochs."""
     return L.Trainer(
         accelerator="gpu" if ctx.device.type == "cuda" else "cpu",
         devices=1,
-        max_epochs=1 if steps else None,
-        max_steps=steps or -1,
+        max_epochs=epochs,
+        max_steps=ticks,
         logger=ctx.loggers(name) or False,
         enable_checkpointing=False,
         enable_model_summary=False,
@@ -146,7 +148,7 @@ def _fit(net, terms, trainable, lr, training: TrainingConfig, ctx: GroupContext,
         recipe = FullBatchRecipe(net, terms, params, lr, settings, training.steps_per_call,
                                  dtype, member_chunk=chunk)
         callbacks = [GDProgress(name)] if ctx.progress else []
-        trainer = _trainer(ctx, name, recipe.ticks(), callbacks)
+        trainer = _trainer(ctx, name, callbacks, ticks=recipe.ticks())
         trainer.fit(recipe, datamodule=TicksDataModule(recipe.ticks()))
         trained = recipe.trained_network().cpu().float()
         return trained, recipe.summary(), recipe.histories()
@@ -154,8 +156,7 @@ def _fit(net, terms, trainable, lr, training: TrainingConfig, ctx: GroupContext,
     recipe = MinibatchRecipe(net, [t.to("cpu", dtype) for t in terms], params, float(lr[0]),
                              training.optimizer, training.momentum, training.weight_decay)
     loader = minibatch_loader(terms, training.batch_size, seed=0)
-    trainer = _trainer(ctx, name, 0, [])
-    trainer.fit_loop.max_epochs = training.epochs
+    trainer = _trainer(ctx, name, [], epochs=training.epochs)
     trainer.fit(recipe, train_dataloaders=loader)
     final = evaluate_terms(recipe.net, terms)
     summ = [{"train_loss": float(v), "steps": trainer.global_step, "final_lr": float(lr[0]),
