@@ -144,3 +144,14 @@ def test_minibatch_adam_recipe_reduces_the_loss(tmp_path):
         update={"epochs": 1, "lr": 1e-9})}), tmp_path / "untrained")
     assert (results["train_loss"] < 0.2 * untrained["train_loss"]).all()
     assert (results["steps"] > 0).all()
+
+
+def test_weighted_squared_error_gradient_matches_autograd():
+    from mtl_lab.engine.objective import weighted_squared_error
+
+    g = torch.Generator().manual_seed(0)
+    pred = torch.randn(3, 7, generator=g, dtype=torch.float64, requires_grad=True)
+    y, c = torch.randn(3, 7, generator=g, dtype=torch.float64), torch.rand(3, 7, generator=g,
+                                                                             dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda p: weighted_squared_error(p, y, c), (pred,))
+    torch.testing.assert_close(weighted_squared_error(pred, y, c), (c * (pred - y) ** 2).sum(1))

@@ -45,12 +45,34 @@ class LossTerm:
         return LossTerm(self.task, x, self.y[index, :n], c[:, :n])
 
 
+class WeightedSquaredError(torch.autograd.Function):
+    """Σ_i c_{k,i} (p_{k,i} − y_{k,i})² per member, with the hand-written gradient
+    ∂/∂p_{k,i} = 2 c_{k,i} (p_{k,i} − y_{k,i}) — one fused op instead of autograd's chain of
+    element-wise products, which matters in a loop of 10⁵ full-batch steps."""
+
+    @staticmethod
+    def forward(ctx, pred: Tensor, y: Tensor, c: Tensor) -> Tensor:
+        err = pred - y
+        weighted = c * err
+        ctx.save_for_backward(weighted)
+        return (weighted * err).sum(dim=1)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
+        (weighted,) = ctx.saved_tensors
+        return weighted * (2.0 * grad).unsqueeze(1), None, None
+
+
+def weighted_squared_error(pred: Tensor, y: Tensor, c: Tensor) -> Tensor:
+    """Σ_i c_{k,i} (pred_{k,i} − y_{k,i})², shape (K,); y and c carry no gradient."""
+    return WeightedSquaredError.apply(pred, y, c)
+
+
 def member_losses(net: SharedTrunkNetwork, terms: Sequence[LossTerm]) -> Tensor:
     """L_k = Σ_terms Σ_i c_{k,i} (f_t(x_i) − y_{k,i})², shape (K,)."""
     total = None
     for term in terms:
-        err = net(term.x, term.task) - term.y
-        part = (term.c * err * err).sum(dim=1)
+        part = weighted_squared_error(net(term.x, term.task), term.y, term.c)
         total = part if total is None else total + part
     return total
 
