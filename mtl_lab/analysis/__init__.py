@@ -1,0 +1,1 @@
+"""Analysis: feature reuse, representation geometry, penalties, symmetries, regime diagnosis."""
