@@ -32,6 +32,13 @@ def _cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from mtl_lab.analysis.report import analyze
+
+    analyze(args.run_dir, progress=not args.no_progress)
+    return 0
+
+
 def _cmd_families(args: argparse.Namespace) -> int:
     import tasks
 
@@ -55,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     cfg.add_argument("config")
     cfg.add_argument("overrides", nargs="*")
     cfg.set_defaults(func=_cmd_config)
+    ana = sub.add_parser("analyze", help="feature reuse, representations, symmetries, regimes")
+    ana.add_argument("run_dir", help="an output folder of `mtl-lab run`")
+    ana.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    ana.set_defaults(func=_cmd_analyze)
     fam = sub.add_parser("families", help="list the registered task families")
     fam.set_defaults(func=_cmd_families)
     return parser

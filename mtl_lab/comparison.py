@@ -166,6 +166,7 @@ def _row(cfg: ComparisonConfig, spec: RunSpec, metrics: dict, wall: float, size:
         "regime_label": REGIME_LABELS[spec.regime],
         "seed": spec.seed,
         "n_main": spec.n_main,
+        "task_params": json.dumps(cfg.task_params(spec.n_main), sort_keys=True),
         **{f"config.{k}": v for k, v in flatten(run_config(cfg)).items()},
         **metrics,
         "wall_time": wall / size,

@@ -125,9 +125,14 @@ class WandbConfig(Strict):
 
 
 class LoggingConfig(Strict):
+    """Loggers, progress bars, and the analyzers logged during training every
+    ``monitor_every`` Lightning steps (chunks of GD steps); ``monitors: false`` turns them off."""
+
     csv: bool = True
     tensorboard: bool = False
     progress: bool = True
+    monitors: bool = True
+    monitor_every: PositiveInt = 10
     wandb: WandbConfig = WandbConfig()
 
 

@@ -148,6 +148,10 @@ def _fit(net, terms, trainable, lr, training: TrainingConfig, ctx: GroupContext,
         recipe = FullBatchRecipe(net, terms, params, lr, settings, training.steps_per_call,
                                  dtype, member_chunk=chunk)
         callbacks = [GDProgress(name)] if ctx.progress else []
+        if ctx.cfg.logging.monitors:
+            from mtl_lab.analysis.callbacks import default_monitors
+
+            callbacks += default_monitors(ctx.cfg.logging.monitor_every)
         trainer = _trainer(ctx, name, callbacks, ticks=recipe.ticks())
         trainer.fit(recipe, datamodule=TicksDataModule(recipe.ticks()))
         trained = recipe.trained_network().cpu().float()

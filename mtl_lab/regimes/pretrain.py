@@ -85,5 +85,6 @@ def pretrained_for(members: Sequence[Member], ctx: GroupContext
             store.put(key, net.select_members([k]), summaries[k])
     found = [store.get(k) for k in keys]
     nets = [n for n, _ in found]
-    summaries = [{f"pretrain_{k}": v for k, v in s.items()} for _, s in found]
+    summaries = [{"pretrain_key": key, **{f"pretrain_{k}": v for k, v in s.items()}}
+                 for key, (_, s) in zip(keys, found)]
     return stack_networks(nets) if len(nets) > 1 else nets[0].select_members([0]), summaries

@@ -1,0 +1,91 @@
+"""Regime diagnosis: is a training regime lazy, rich, or in nested feature selection?
+
+Input: an analysed comparison whose main tasks vary in how many auxiliary features they use
+(nested tasks: ``k_main`` for ``sparse_linear``, ``m_main`` for ``relu_units``) and in n_main.
+For every condition (a regime, and for PT+FT / PT+LP its rescale factor c) two numbers decide:
+
+* **sparsity dependence** S — how much harder a main task that uses more auxiliary features is:
+  S = mean over n_main of log₁₀( L_test(k_max) / L_test(k_min) ), in decades;
+* **reuse** U — the share of the main task's contribution carried by auxiliary features
+  (``main_share_on_aux`` of the per-unit table, averaged over runs; 0 for STL by construction).
+
+The rule (thresholds in :class:`DiagnosisRule`):
+
+* U < reuse_threshold → **rich** (features learned anew; little reuse);
+* U ≥ reuse_threshold and S < sensitivity_threshold → **lazy** (reuses the pretrained features,
+  performance insensitive to how many of them the main task uses);
+* U ≥ reuse_threshold and S ≥ sensitivity_threshold → **nested feature selection** (reuses a
+  sparse subset of the auxiliary features; performance strongly sparsity-dependent).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+SPARSITY_COLUMNS = ("config.task.params.k_main", "config.task.params.m_main")
+
+
+@dataclass(frozen=True)
+class DiagnosisRule:
+    """sensitivity_threshold: decades of test-loss ratio between the densest and the sparsest
+    main task above which a regime counts as strongly sparsity-dependent (2 = the sparse task is
+    learned 100× better: in the nested and rich regimes the sparse task is solved almost exactly
+    from few samples while in the lazy regime all tasks in the pretrained subspace cost alike);
+    reuse_threshold: main-task contribution share on auxiliary features above which it counts as
+    reusing them."""
+
+    sensitivity_threshold: float = 2.0
+    reuse_threshold: float = 0.5
+
+
+def sparsity_column(analysis: pd.DataFrame) -> str:
+    """The config column that counts the auxiliary features the main task uses."""
+    for col in SPARSITY_COLUMNS:
+        if col in analysis and analysis[col].nunique() > 1:
+            return col
+    raise ValueError("regime diagnosis needs main tasks that differ in k_main or m_main "
+                     "(run the comparison for several values into the same folder)")
+
+
+def _condition(row: pd.Series) -> str:
+    label = row["regime_label"]
+    if row["regime"] in ("ptft", "ptlp"):
+        label += f" (c={row['config.finetune.rescale']:g})"
+    return label
+
+
+def sparsity_dependence(runs: pd.DataFrame, column: str) -> tuple[float, dict]:
+    """S in decades, and the mean test loss per (n_main, sparsity) behind it."""
+    means = runs.groupby(["n_main", column])["test_loss_main"].mean()
+    per_n = []
+    for _, part in means.groupby(level=0):
+        part = part.droplevel(0).sort_index()
+        if len(part) >= 2 and part.iloc[0] > 0:
+            per_n.append(math.log10(part.iloc[-1] / part.iloc[0]))
+    evidence = {f"loss[n={n},{column.split('.')[-1]}={k}]": float(v) for (n, k), v in
+                means.items()}
+    return (float(np.mean(per_n)) if per_n else float("nan")), evidence
+
+
+def diagnose(analysis: pd.DataFrame, rule: DiagnosisRule = DiagnosisRule()) -> pd.DataFrame:
+    """One row per condition: label, S, U and the losses behind them."""
+    column = sparsity_column(analysis)
+    frame = analysis.assign(condition=analysis.apply(_condition, axis=1))
+    rows = []
+    for condition, runs in frame.groupby("condition", sort=False):
+        s, evidence = sparsity_dependence(runs, column)
+        reuse = 0.0 if runs["regime"].iloc[0] == "stl" else float(
+            runs.get("main_share_on_aux", pd.Series([float("nan")])).mean())
+        if not reuse >= rule.reuse_threshold:
+            label = "rich"
+        elif s >= rule.sensitivity_threshold:
+            label = "nested feature selection"
+        else:
+            label = "lazy"
+        rows.append({"condition": condition, "regime": runs["regime"].iloc[0], "label": label,
+                     "sparsity_dependence": s, "reuse": reuse, "runs": len(runs), **evidence})
+    return pd.DataFrame(rows)

@@ -1,0 +1,68 @@
+"""``mtl-lab analyze``: analyse a comparison folder, print the evidence, write figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from mtl_lab.analysis.diagnosis import diagnose
+from mtl_lab.analysis.figures import analysis_figures
+from mtl_lab.analysis.runs import analyze_run_dir
+
+SUMMARY_COLUMNS = ["main_share_on_aux", "share_reused", "share_new", "cka_reference", "pr",
+                   "weight_change", "conservation_drift", "path_norm_l1"]
+
+
+def summary_table(analysis: pd.DataFrame) -> pd.DataFrame:
+    """Mean over seeds of the headline measures per regime and n_main."""
+    cols = [c for c in SUMMARY_COLUMNS if c in analysis]
+    return analysis.groupby(["regime_label", "n_main"])[cols].mean()
+
+
+def analyze(run_dir: str | Path, progress: bool = True) -> dict:
+    """Analyse ``run_dir``; returns the analysis table, unit tables, diagnosis and figures."""
+    run_dir = Path(run_dir)
+    analysis, units = analyze_run_dir(run_dir, progress=progress)
+    figures = analysis_figures(analysis, units, run_dir)
+    with pd.option_context("display.float_format", "{:.3g}".format, "display.width", 140):
+        print("\nFeature reuse and representation (mean over seeds):")
+        print(summary_table(analysis).to_string())
+        try:
+            diagnosis = diagnose(analysis)
+        except ValueError as err:
+            diagnosis = None
+            print(f"\nRegime diagnosis skipped: {err}")
+        else:
+            diagnosis.to_parquet(run_dir / "diagnosis.parquet", index=False)
+            print("\nRegime diagnosis (S = sparsity dependence in decades, U = reuse):")
+            print(diagnosis[["condition", "label", "sparsity_dependence", "reuse",
+                             "runs"]].to_string(index=False))
+    print(f"\nWrote {run_dir}/analysis.parquet, units.parquet and "
+          f"{len(figures)} figures in {run_dir}/figures")
+    _log_to_wandb(run_dir, analysis, figures)
+    return {"analysis": analysis, "units": units, "diagnosis": diagnosis, "figures": figures}
+
+
+def _log_to_wandb(run_dir: Path, analysis: pd.DataFrame, figures: list[Path]) -> None:
+    """When the comparison logged to wandb, add one 'analysis' run to its group."""
+    import yaml
+
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        return
+    cfg = yaml.safe_load(cfg_path.read_text())
+    wb = (cfg.get("logging") or {}).get("wandb") or {}
+    if not wb.get("enabled"):
+        return
+    import wandb
+
+    run = wandb.init(project=wb.get("project", "mtl-lab"), entity=wb.get("entity"),
+                     group=cfg.get("name"), job_type="analysis", name="analysis",
+                     dir=str(run_dir), mode=wb.get("mode", "offline"), reinit="create_new",
+                     settings=wandb.Settings(silent=True, console="off", x_disable_stats=True))
+    numeric = analysis.select_dtypes("number")
+    table = pd.concat([analysis[["run_id", "regime", "seed", "n_main"]], numeric], axis=1)
+    run.log({"analysis": wandb.Table(dataframe=table.loc[:, ~table.columns.duplicated()]),
+             **{f"figures/{p.stem}": wandb.Image(str(p)) for p in figures}})
+    run.finish()

@@ -1,0 +1,188 @@
+"""After-the-fact analysis of a finished comparison folder (``mtl-lab analyze RUN_DIR``).
+
+For every run in ``results.parquet`` it reloads the trained network, its reference (the
+pretrained network for PT+FT / PT+LP / ridge references, the STL network of the same seed and
+n_main for MTL), the task's teacher and probe inputs, and computes the per-unit table, the reuse
+summary, PR / ENSD / CKA against the reference, weight change, conservation-law drift from the
+run's starting point, path-norms and the norms of the solution. Output: ``analysis.parquet`` (one
+flat row per run), ``units.parquet`` (every run's per-unit table) and PNG figures.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+import tasks
+from mtl_lab.analysis.features import (
+    DEFAULT_THRESHOLDS,
+    ReuseThresholds,
+    feature_table,
+    reuse_summary,
+)
+from mtl_lab.analysis.weights import layer_changes
+from mtl_lab.checkpoints import load_network
+from mtl_lab.comparison import read_results
+from mtl_lab.config import ConfigError, ModelConfig
+from mtl_lab.data import TaskTensors
+from mtl_lab.models import DiagonalNetwork, SharedTrunkNetwork
+
+PROBE_SAMPLES = 1000
+PRETRAINED_REGIMES = ("ptft", "ptlp", "lp_ridge", "ntk_ridge")
+
+
+@dataclass
+class RunArtifacts:
+    """Everything the analyzers need about one run."""
+
+    row: dict[str, Any]
+    net: SharedTrunkNetwork
+    start: SharedTrunkNetwork | None
+    pretrained: SharedTrunkNetwork | None
+    reference: SharedTrunkNetwork | None
+    teacher: dict[str, Any] | None
+    probe: torch.Tensor
+
+
+def _clean(value: Any) -> Any:
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def _model_config(row: dict[str, Any]) -> ModelConfig:
+    fields = {k.removeprefix("config.model."): _clean(v) for k, v in row.items()
+              if k.startswith("config.model.")}
+    return ModelConfig(**fields)
+
+
+def starting_network(row: dict[str, Any], pretrained: SharedTrunkNetwork | None,
+                     in_dim: int) -> SharedTrunkNetwork | None:
+    """Rebuild where the run's gradient training started (deterministic from its config)."""
+    from mtl_lab.config import validate_config
+    from mtl_lab.regimes.base import build_network
+
+    regime, seed = row["regime"], int(row["seed"])
+    if regime in ("lp_ridge", "ntk_ridge"):
+        return None
+    if regime in ("ptft", "ptlp"):
+        if pretrained is None:
+            return None
+        start = pretrained.select_members([0])
+        start.rescale_trunk(torch.tensor([float(row["config.finetune.rescale"])]))
+        start.add_head("main", torch.tensor([float(row["config.finetune.head_init_scale"])]),
+                       [seed])
+        return start
+    model = _model_config(row).model_dump()
+    raw = {"regimes": ["stl"], "seeds": [0], "n_main": [1], "model": model,
+           "task": {"family": "sparse_linear", "params": {"d": 2, "k_aux": 1, "k_main": 1,
+                                                          "overlap": 0, "n_aux": 1}}}
+    tasks_ = ("main",) if regime == "stl" else ("aux", "main")
+    return build_network(validate_config(raw), in_dim, tasks_, [seed])
+
+
+def load_artifacts(out_dir: Path, row: dict[str, Any], results: pd.DataFrame) -> RunArtifacts:
+    """Reload the trained run, its reference networks, teacher and probe inputs."""
+    ckpt = out_dir / "checkpoints"
+    net, _ = load_network(ckpt / f"run-{row['run_id']}.pt")
+    pretrained = None
+    key = _clean(row.get("pretrain_key"))
+    if key is not None and row["regime"] in PRETRAINED_REGIMES:
+        pretrained, _ = load_network(ckpt / f"pretrain-{key}.pt")
+    params = json.loads(row["task_params"])
+    family = row["config.task.family"]
+    dd = tasks.build_task(family, params, int(row["seed"]),
+                          cache_dir=_clean(row.get("config.task.cache_dir")))
+    probe = TaskTensors.from_dataset_dict(dd).x["main_test"][:PROBE_SAMPLES]
+    teacher = tasks.task_teacher(family, params, int(row["seed"]))
+    reference = pretrained
+    if row["regime"] == "mtl":
+        reference = _stl_twin(out_dir, row, results)
+    start = starting_network(row, pretrained, probe.shape[1])
+    return RunArtifacts(row, net, start, pretrained, reference, teacher, probe)
+
+
+def _stl_twin(out_dir: Path, row: dict[str, Any], results: pd.DataFrame):
+    """The STL run of the same comparison settings, seed and n_main (MTL's reference)."""
+    same = results[(results["regime"] == "stl") & (results["seed"] == row["seed"])
+                   & (results["n_main"] == row["n_main"])
+                   & (results["task_params"] == row["task_params"])]
+    if same.empty:
+        return None
+    path = out_dir / "checkpoints" / f"run-{same.iloc[-1]['run_id']}.pt"
+    return load_network(path)[0] if path.is_file() else None
+
+
+def analyze_one(art: RunArtifacts, thresholds: ReuseThresholds = DEFAULT_THRESHOLDS
+                ) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Summary row and per-unit table of one run."""
+    from mtl_lab.analysis import penalties, representation, symmetry
+
+    net, row = art.net, art.row
+    table = feature_table(net, art.pretrained if row["regime"] in ("ptft", "ptlp") else None,
+                          art.teacher, art.probe, thresholds)
+    out: dict[str, Any] = {"run_id": row["run_id"], **reuse_summary(table)}
+    with torch.no_grad():
+        feats = net.features(art.probe)[0].double()
+        out["pr"] = float(representation.participation_ratio(feats))
+        if art.reference is not None:
+            ref = art.reference.features(art.probe)[0].double()
+            out["pr_reference"] = float(representation.participation_ratio(ref))
+            out["ensd_reference"] = float(representation.ensd(feats, ref))
+            out["cka_reference"] = float(representation.linear_cka(feats, ref))
+    if art.start is not None:
+        changes = layer_changes(net, art.start)
+        out["weight_change"] = float(torch.stack([v[0] for v in changes.values()]).mean())
+        h0, h1 = symmetry.conservation_values(art.start), symmetry.conservation_values(net)
+        out["conservation_drift"] = float(max(symmetry.conservation_drift(h0[k], h1[k])[0]
+                                              for k in h1))
+    out["path_norm_l1"] = float(symmetry.path_norm(net, q=1.0)[0])
+    out["path_norm_l2"] = float(symmetry.path_norm(net, q=2.0)[0])
+    out.update(_solution_norms(net, art, penalties))
+    return out, table.assign(run_id=row["run_id"])
+
+
+def _solution_norms(net: SharedTrunkNetwork, art: RunArtifacts, penalties) -> dict[str, float]:
+    if isinstance(net, DiagonalNetwork):
+        with torch.no_grad():
+            main = net.beta("main")[0].double()
+            aux = (art.pretrained.beta("aux")[0] if art.pretrained is not None
+                   else net.beta("aux")[0] if "aux" in net.tasks else torch.zeros_like(main))
+        aux = aux.double()
+        gamma = float(art.row.get("config.finetune.head_init_scale") or 0.0)
+        return {"l1_main": float(penalties.l1(main)), "l2_main": float(penalties.l2(main)),
+                "l12": float(penalties.l12(aux, main)),
+                "ptft_penalty": float(penalties.ptft_penalty(main, aux, gamma))}
+    w = net.weights[-1].detach().double()
+    heads = torch.stack([net.heads[t].detach().double() for t in net.tasks], dim=1)
+    return {"f1_main": float(penalties.f1_norm(w, net.heads["main"].detach().double())[0]),
+            "group_norm": float(penalties.group_norm(w, heads)[0])}
+
+
+def analyze_run_dir(out_dir: str | Path, thresholds: ReuseThresholds = DEFAULT_THRESHOLDS,
+                    progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Analyze every run of a comparison folder; writes analysis.parquet and units.parquet."""
+    out_dir = Path(out_dir)
+    results = read_results(out_dir)
+    if results.empty:
+        raise ConfigError(f"no results.parquet in {out_dir}: run a comparison there first")
+    missing = [r for r in results["run_id"]
+               if not (out_dir / "checkpoints" / f"run-{r}.pt").is_file()]
+    if missing:
+        raise ConfigError(f"{out_dir}: checkpoints missing for runs {missing[:5]}")
+    rows, units = [], []
+    for row in tqdm(results.to_dict("records"), desc="analyze", unit="run",
+                    disable=not progress):
+        summary, table = analyze_one(load_artifacts(out_dir, row, results), thresholds)
+        rows.append(summary)
+        units.append(table)
+    analysis = results.merge(pd.DataFrame(rows), on="run_id", how="left")
+    unit_table = pd.concat(units, ignore_index=True)
+    analysis.to_parquet(out_dir / "analysis.parquet", index=False)
+    unit_table.to_parquet(out_dir / "units.parquet", index=False)
+    return analysis, unit_table

@@ -1,0 +1,140 @@
+"""Feature-reuse tables, regime diagnosis and `mtl-lab analyze` on real (small) runs."""
+
+import pandas as pd
+import pytest
+import torch
+
+import tasks
+from mtl_lab.analysis.diagnosis import DiagnosisRule, diagnose
+from mtl_lab.analysis.features import feature_table, reuse_summary
+from mtl_lab.cli import main
+from mtl_lab.comparison import load_task, run_comparison
+from mtl_lab.config import validate_config
+from mtl_lab.models import DiagonalNetwork, ReLUNetwork
+from mtl_lab.regimes import REGIME_FUNCTIONS, GroupContext, Member, PretrainStore, pretrain_key
+from tests.conftest import tiny_raw
+
+
+def test_unit_labels_follow_their_definitions():
+    pre = ReLUNetwork(3, 4, 1, ("aux",), seeds=[0])
+    with torch.no_grad():
+        pre.weights[0][0] = torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1e-4], [0, 0, 1.0]])
+        pre.heads["aux"][0] = torch.tensor([1.0, 1.0, 1.0, 0.0])
+    net = pre.select_members([0])
+    net.add_head("main", torch.tensor([1.0]), [0])
+    with torch.no_grad():
+        net.weights[0][0, 1] = torch.tensor([0.0, 0.2, 1.0])  # rotated auxiliary unit
+        net.weights[0][0, 3] = torch.tensor([0.0, 0.0, 1.0])  # grew from no aux contribution
+        net.heads["main"][0] = torch.tensor([1.0, 1.0, 1.0, 1.0])
+        net.weights[0][0, 2] = torch.tensor([0.0, 0.0, 1e-4])  # stays tiny
+    table = feature_table(net, pre)
+    assert list(table["label"]) == ["reused", "modified", "unused", "new"]
+    summary = reuse_summary(table)
+    shares = [summary[f"share_{k}"] for k in ("reused", "modified", "new", "unused")]
+    assert sum(shares) == pytest.approx(1.0)
+    assert summary["main_share_on_aux"] == pytest.approx(shares[0] + shares[1])
+
+
+def test_diagonal_coordinate_table_reads_beta():
+    net = DiagonalNetwork(5, ("aux", "main"), [0], alpha=0.0)
+    with torch.no_grad():
+        net.w_plus.fill_(1.0)
+        net.v_plus["aux"][0] = torch.tensor([1.0, 1.0, 0, 0, 0])
+        net.v_plus["main"][0] = torch.tensor([0.5, 0, 0.5, 0, 0])
+    table = feature_table(net)
+    assert list(table["label"]) == ["reused", "unused", "new", "unused", "unused"]
+    assert reuse_summary(table)["main_share_on_aux"] == pytest.approx(0.5)
+
+
+def _ptft_shares(rho: float, seeds=(0, 1)) -> dict:
+    cfg = validate_config(tiny_raw(**{
+        "regimes": ["ptft"], "n_main": [64],
+        "task.params": {"d": 8, "m_aux": 3, "m_main": 3, "correlation": rho, "n_aux": 256,
+                        "n_test": 200},
+        "model": {"width": 64, "init_scale": 0.01},
+        "training": {"lr": 0.1, "max_steps": 20000, "loss_threshold": 1e-5,
+                     "steps_per_call": 2000}}))
+    store = PretrainStore(None)
+    ctx = GroupContext(cfg, progress=False, pretrain_store=store)
+    rows = []
+    for seed in seeds:
+        member = Member("r", seed, load_task(cfg, seed, 64), 0.1, 1.0, 1e-3)
+        (res,) = REGIME_FUNCTIONS["ptft"]([member], ctx)
+        pretrained, _ = store.get(pretrain_key(ctx, member))
+        teacher = tasks.task_teacher("relu_units", cfg.task_params(64), seed)
+        rows.append(reuse_summary(feature_table(res.network, pretrained, teacher)))
+    return pd.DataFrame(rows).mean().to_dict()
+
+
+def test_identical_features_are_reused_and_new_features_are_new():
+    """relu_units, PT+FT from a rich pretraining: ρ = 1 main units ride on reused units,
+    ρ = 0 main units mostly on new ones."""
+    same = _ptft_shares(1.0)
+    assert same["share_reused"] > 0.8
+    fresh = _ptft_shares(0.0)
+    assert fresh["share_new"] > max(fresh["share_reused"], fresh["share_modified"])
+    assert fresh["share_reused"] < 0.2
+
+
+@pytest.fixture(scope="module")
+def nested_sweep(tmp_path_factory):
+    """Nested sparse_linear tasks (k_main ∈ {1, 10} ⊂ k_aux = 10): STL, PT+FT c = 1, c = 0.01."""
+    out = tmp_path_factory.mktemp("nested")
+    for k_main in (1, 10):
+        for regimes, c in ((["stl", "ptft"], 1.0), (["ptft"], 0.01)):
+            raw = tiny_raw(**{
+                "name": "nested", "regimes": regimes, "seeds": [0, 1], "n_main": [8],
+                "task": {"family": "sparse_linear",
+                         "params": {"d": 40, "k_aux": 10, "k_main": k_main, "nested": True,
+                                    "n_aux": 128, "n_test": 1000}},
+                "model": {"kind": "diagonal", "alpha": 0.01},
+                "training": {"lr": 0.1, "max_steps": 20000, "loss_threshold": 1e-8,
+                             "steps_per_call": 2000},
+                "finetune": {"rescale": c, "head_init_scale": 1e-3}})
+            run_comparison(validate_config(raw), out)
+    return out
+
+
+def test_regime_diagnosis_on_nested_tasks(nested_sweep, capsys):
+    assert main(["analyze", str(nested_sweep), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "nested feature selection" in printed
+    diagnosis = pd.read_parquet(nested_sweep / "diagnosis.parquet").set_index("condition")
+    assert diagnosis.loc["PT+FT (c=1)", "label"] == "lazy"
+    assert diagnosis.loc["PT+FT (c=0.01)", "label"] == "nested feature selection"
+    assert diagnosis.loc["STL", "label"] == "rich"
+    # the evidence: c = 0.01 is far more sparsity-dependent than c = 1, both reuse
+    s = diagnosis["sparsity_dependence"]
+    assert s["PT+FT (c=0.01)"] > s["PT+FT (c=1)"] + 1.0
+    assert diagnosis.loc["PT+FT (c=1)", "reuse"] > 0.5
+    # a stricter rule changes the labels, so the thresholds really decide
+    strict = diagnose(pd.read_parquet(nested_sweep / "analysis.parquet"),
+                      DiagnosisRule(sensitivity_threshold=100.0))
+    assert "nested feature selection" not in set(strict["label"])
+
+
+def test_analyze_writes_tables_and_figures(nested_sweep):
+    analysis = pd.read_parquet(nested_sweep / "analysis.parquet")
+    for col in ["main_share_on_aux", "share_reused", "pr", "cka_reference", "ensd_reference",
+                "weight_change", "conservation_drift", "path_norm_l1", "l12", "ptft_penalty"]:
+        assert col in analysis, col
+    ptft = analysis[analysis["regime"] == "ptft"]
+    assert ptft["cka_reference"].notna().all() and ptft["conservation_drift"].notna().all()
+    units = pd.read_parquet(nested_sweep / "units.parquet")
+    assert set(units["run_id"]) == set(analysis["run_id"])
+    for name in ("reuse", "units", "representation", "weights", "norms"):
+        assert (nested_sweep / "figures" / f"{name}.png").stat().st_size > 5000
+
+
+def test_training_monitors_are_logged(tmp_path):
+    cfg = validate_config(tiny_raw(**{"regimes": ["mtl"], "n_main": [8],
+                                      "logging.monitor_every": 1, "training.max_steps": 600}))
+    run_comparison(cfg, tmp_path)
+    (csv,) = list((tmp_path / "logs").glob("*/version_0/metrics.csv"))
+    logged = pd.read_csv(csv)
+    for col in ("representation/pr", "reuse/main_share_on_aux", "path_norm/l1",
+                "conservation/max_drift"):
+        assert col in logged and logged[col].notna().any(), col
+    pr = logged["representation/pr"].dropna()
+    assert (pr >= 1.0 - 1e-6).all() and (pr <= 16 + 1e-6).all()  # 1 ≤ PR ≤ width
+    assert (logged["reuse/main_share_on_aux"].dropna().between(0, 1)).all()
