@@ -18,6 +18,15 @@ REGIME_COLOURS = {
 }
 
 
+def n_main_axis(ax, values) -> None:
+    """A log₂ n_main axis ticked at the sizes actually run."""
+    sizes = sorted({int(v) for v in values})
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sizes, [str(n) for n in sizes])
+    ax.minorticks_off()
+    ax.set_xlabel("main-task training samples n_main")
+
+
 def plot_comparison(results: pd.DataFrame, path: str | Path,
                     metric: str = "test_loss_main", title: str | None = None) -> Path:
     """Log–log plot of ``metric`` against n_main, one line per regime, error bars = s.e.m."""
@@ -32,12 +41,8 @@ def plot_comparison(results: pd.DataFrame, path: str | Path,
         part = stats.loc[label]
         ax.errorbar(part.index, part["mean"], yerr=part["sem"].fillna(0.0), marker="o",
                     capsize=3, label=label, color=REGIME_COLOURS[label])
-    ax.set_xscale("log", base=2)
-    sizes = sorted(stats.index.get_level_values(1).unique())
-    ax.set_xticks(sizes, [str(n) for n in sizes])
-    ax.minorticks_off()
+    n_main_axis(ax, stats.index.get_level_values(1))
     ax.set_yscale("log")
-    ax.set_xlabel("main-task training samples n_main")
     ax.set_ylabel(f"{metric.replace('_', ' ')} (MSE)")
     seeds = int(stats["count"].max()) if len(stats) else 0
     ax.set_title(title or f"mean ± s.e.m. over {seeds} seed(s)")

@@ -138,3 +138,21 @@ def test_training_monitors_are_logged(tmp_path):
     pr = logged["representation/pr"].dropna()
     assert (pr >= 1.0 - 1e-6).all() and (pr <= 16 + 1e-6).all()  # 1 ≤ PR ≤ width
     assert (logged["reuse/main_share_on_aux"].dropna().between(0, 1)).all()
+
+
+def test_analyze_logs_figures_to_wandb_when_enabled(tmp_path):
+    from mtl_lab.analysis.report import analyze
+    from mtl_lab.tracking import read_wandb_history
+
+    cfg = validate_config(tiny_raw(**{"regimes": ["stl", "ptft"], "n_main": [8],
+                                      "training.max_steps": 300,
+                                      "logging.wandb": {"enabled": True}}))
+    run_comparison(cfg, tmp_path)
+    before = set((tmp_path / "wandb").glob("offline-run-*"))
+    out = analyze(tmp_path, progress=False)
+    (new_run,) = set((tmp_path / "wandb").glob("offline-run-*")) - before
+    history, _ = read_wandb_history(next(new_run.glob("run-*.wandb")))
+    logged = set().union(*history)
+    for path in out["figures"]:  # images are logged as nested records with a _type
+        assert f"figures/{path.stem}/_type" in logged
+    assert "analysis/_type" in logged and "analysis/nrows" in logged

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from mtl_lab.config import REGIME_LABELS
-from mtl_lab.plots import REGIME_COLOURS
+from mtl_lab.plots import REGIME_COLOURS, n_main_axis
 
 LABEL_COLOURS = {"reused": "#2ca02c", "modified": "#ff7f0e", "new": "#d62728",
                  "unused": "#c7c7c7"}
@@ -45,8 +45,7 @@ def metric_panels(analysis: pd.DataFrame, metrics: list[str], path: Path, title:
                 part = means.loc[label].dropna()
                 ax.plot(part.index, part.values, marker="o", label=label,
                         color=REGIME_COLOURS[label])
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("n_main")
+        n_main_axis(ax, analysis["n_main"])
         ax.set_title(metric.replace("_", " "))
         ax.grid(True, alpha=0.3)
     axes[0][0].legend(frameon=False, fontsize=8)
@@ -89,12 +88,14 @@ def unit_scatter(analysis: pd.DataFrame, units: pd.DataFrame, path: Path) -> Pat
         runs = analysis[analysis["regime_label"] == label].sort_values(["n_main", "seed"])
         run_id = runs.iloc[-1]["run_id"]
         table = units[units["run_id"] == run_id]
-        aux = "pretrained_contrib_aux" if table.get("pretrained_contrib_aux") is not None \
-            and table["pretrained_contrib_aux"].notna().any() else "contrib_aux"
+        aux = next((c for c in ("pretrained_contrib_aux", "contrib_aux")
+                    if c in table and table[c].notna().any()), None)
+        x = table[aux] if aux else table["contrib_main"] * 0.0  # STL: no auxiliary task
         for name, colour in LABEL_COLOURS.items():
-            part = table[table["label"] == name]
-            if aux in part and len(part):
-                ax.scatter(part[aux], part["contrib_main"], s=10, color=colour, label=name)
+            part = table["label"] == name
+            if part.any():
+                ax.scatter(x[part], table.loc[part, "contrib_main"], s=10, color=colour,
+                           label=name)
         ax.set_xlabel("auxiliary contribution")
         ax.set_ylabel("main contribution")
         ax.set_title(f"{label} (n={runs.iloc[-1]['n_main']})", fontsize=9)

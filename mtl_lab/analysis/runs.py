@@ -171,6 +171,9 @@ def analyze_run_dir(out_dir: str | Path, thresholds: ReuseThresholds = DEFAULT_T
     results = read_results(out_dir)
     if results.empty:
         raise ConfigError(f"no results.parquet in {out_dir}: run a comparison there first")
+    if "task_params" not in results:
+        raise ConfigError(f"{out_dir}/results.parquet was written by an older mtl-lab without "
+                          "task parameters per run: rerun the comparison into a new folder")
     missing = [r for r in results["run_id"]
                if not (out_dir / "checkpoints" / f"run-{r}.pt").is_file()]
     if missing:
