@@ -156,3 +156,23 @@ def test_analyze_logs_figures_to_wandb_when_enabled(tmp_path):
     for path in out["figures"]:  # images are logged as nested records with a _type
         assert f"figures/{path.stem}/_type" in logged
     assert "analysis/_type" in logged and "analysis/nrows" in logged
+
+
+def test_weight_change_measures():
+    from mtl_lab.analysis.weights import layer_changes, relative_change, unit_changes
+
+    net = ReLUNetwork(3, 5, 2, ("main",), seeds=[0, 1])
+    same = net.select_members([0, 1])
+    assert all(torch.all(v == 0) for v in layer_changes(net, same).values())
+    with torch.no_grad():
+        same.weights[0][1] *= 3.0  # member 1, layer 0 grows threefold
+    change = layer_changes(same, net)
+    assert change["weights.0"][0] == 0
+    assert change["weights.0"][1] == pytest.approx(2.0)
+    w = torch.randn(4, 3)
+    per_unit = unit_changes(2.0 * w, w)
+    torch.testing.assert_close(per_unit["norm_ratio"], torch.full((4,), 2.0))
+    torch.testing.assert_close(per_unit["direction_change"], torch.zeros(4), atol=1e-6, rtol=0)
+    flipped = unit_changes(-w, w)["direction_change"]
+    torch.testing.assert_close(flipped, torch.full((4,), 2.0))
+    assert relative_change(w.unsqueeze(0), w.unsqueeze(0)).item() == 0

@@ -25,6 +25,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from mtl_lab.analysis.weights import unit_changes
 from mtl_lab.models import DiagonalNetwork, ReLUNetwork, SharedTrunkNetwork
 
 LABELS = ("reused", "modified", "new", "unused")
@@ -125,9 +126,11 @@ def relu_unit_table(net: ReLUNetwork, pretrained: ReLUNetwork | None = None,
     aux_ref = contrib.get("aux", torch.zeros_like(w[:, 0]))
     if pretrained is not None:
         w0 = incoming_weights(pretrained, 0)
-        cosine = _cosine_rows(w, w0)
+        change = unit_changes(w, w0)
+        cosine = 1.0 - change["direction_change"]
         table["cos_pretrained"] = cosine
         table["pretrained_in_norm"] = w0.norm(dim=1)
+        table["norm_ratio_pretrained"] = change["norm_ratio"]
         aux_ref = unit_contributions(pretrained, "aux", 0, probe)
         table["pretrained_contrib_aux"] = aux_ref
     if teacher_units is not None and len(net.weights) == 1:
