@@ -219,6 +219,18 @@ def validate_config(raw: dict[str, Any], source: str = "<dict>") -> ComparisonCo
     return cfg
 
 
+def set_path(raw: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``raw[a][b][c] = value`` for key ``a.b.c`` in place, creating sections as needed."""
+    parts = key.strip().split(".")
+    node = raw
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"key {key!r}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = _deepcopy(value)
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``a.b.c=value`` overrides; values parse as YAML (``1e-3``, ``[1, 2]``, ``true``)."""
     out = _deepcopy(raw)
@@ -226,17 +238,11 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key.path=value")
         key, value = item.split("=", 1)
-        parts = key.strip().split(".")
-        node = out
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"override {key!r}: {part!r} is not a section")
-            node = child
         try:
-            node[parts[-1]] = yaml.safe_load(value)
+            parsed = yaml.safe_load(value)
         except yaml.YAMLError as err:
             raise ConfigError(f"override {key!r}: cannot parse value {value!r}: {err}") from err
+        set_path(out, key, parsed)
     return out
 
 

@@ -6,11 +6,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from mtl_lab import comparison
+from mtl_lab import regimes
 from mtl_lab.checkpoints import CheckpointError
 from mtl_lab.cli import main
 from mtl_lab.comparison import comparison_table, run_comparison
 from mtl_lab.config import ConfigError, validate_config
+from mtl_lab.sweeps import execute
 from mtl_lab.tracking import read_wandb_history
 from tests.conftest import tiny_raw
 
@@ -51,7 +52,7 @@ def test_rerun_reuses_finished_runs_and_is_deterministic(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("a finished run was recomputed")
 
-    monkeypatch.setattr(comparison, "REGIME_FUNCTIONS", {r: boom for r in cfg.regimes})
+    monkeypatch.setattr(regimes, "REGIME_FUNCTIONS", {r: boom for r in cfg.regimes})
     again = run_comparison(cfg, tmp_path / "a")
     pd.testing.assert_frame_equal(first, again)
     monkeypatch.undo()
@@ -77,7 +78,7 @@ def test_corrupt_pretrained_checkpoint_is_an_error_before_compute(tmp_path, monk
     out = tmp_path / "out"
     (out / "checkpoints").mkdir(parents=True)
     (out / "checkpoints" / "pretrain-abc.pt").write_bytes(b"\x00broken")
-    monkeypatch.setattr(comparison, "load_task", lambda *a: pytest.fail("computed"))
+    monkeypatch.setattr(execute, "load_task", lambda *a: pytest.fail("computed"))
     with pytest.raises(CheckpointError, match="pretrain-abc.pt"):
         run_comparison(_cfg(), out)
 

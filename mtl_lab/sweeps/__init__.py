@@ -1,0 +1,1 @@
+"""Sweeps: grid specs over any config keys, batched groups, resumable results, executors."""

@@ -1,0 +1,187 @@
+"""Train groups of runs and gather their rows into one atomically written results store.
+
+Executors: ``local`` trains the groups in this process, one after the other; ``ray`` submits
+each group as a Ray task (``ray.init(address)``; a local instance when no address is given) and
+gathers rows as tasks finish. Either way a group's rows are written the moment it finishes, so a
+process killed at any point loses at most the groups in flight, and a restart trains only the
+runs that have no row yet.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+import tasks
+from mtl_lab.checkpoints import save_network
+from mtl_lab.config import REGIME_LABELS, ComparisonConfig, ConfigError, flatten
+from mtl_lab.data import TaskTensors
+from mtl_lab.sweeps.plan import RunSpec, group_runs, run_config
+
+RESULTS_FILE = "results.parquet"
+EXECUTORS = ("local", "ray")
+
+
+def read_results(out_dir: Path) -> pd.DataFrame:
+    """The results table of an output folder (empty if none); a corrupt file is an error."""
+    path = Path(out_dir) / RESULTS_FILE
+    if not path.exists():
+        return pd.DataFrame()
+    try:
+        return pd.read_parquet(path)
+    except Exception as err:
+        raise ConfigError(f"cannot read existing results {path}: {err}; move it away to start "
+                          "afresh (nothing was overwritten)") from err
+
+
+def write_results(out_dir: Path, table: pd.DataFrame) -> None:
+    """Atomic write: a killed process never leaves a half-written results file."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".results.", suffix=".parquet")
+    os.close(fd)
+    try:
+        table.to_parquet(tmp, index=False)
+        os.replace(tmp, out_dir / RESULTS_FILE)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_task(cfg: ComparisonConfig, seed: int, n_main: int) -> TaskTensors:
+    """The task's tensors for one seed with n_main main-task training samples."""
+    dd = tasks.build_task(cfg.task.family, cfg.task_params(n_main), seed,
+                          cache_dir=cfg.task.cache_dir)
+    return TaskTensors.from_dataset_dict(dd)
+
+
+def run_row(spec: RunSpec, metrics: dict, wall: float, size: int) -> dict:
+    """The flat results record of one run: identity, every config value, every metric."""
+    cfg = spec.cfg
+    return {
+        "run_id": spec.run_id,
+        "comparison": cfg.name,
+        "regime": spec.regime,
+        "regime_label": REGIME_LABELS[spec.regime],
+        "seed": spec.seed,
+        "n_main": spec.n_main,
+        "task_params": json.dumps(cfg.task_params(spec.n_main), sort_keys=True),
+        **{f"config.{k}": v for k, v in flatten(run_config(cfg)).items()},
+        **metrics,
+        "wall_time": wall / size,
+        "group_size": size,
+        "device": "cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu"
+        else "cpu",
+    }
+
+
+def train_group(group: Sequence[RunSpec], out_dir: str | Path, progress: bool = False
+                ) -> list[dict]:
+    """Train one batched group; save its checkpoints and wandb runs; return its rows."""
+    from mtl_lab.regimes import REGIME_FUNCTIONS, GroupContext, Member, PretrainStore
+    from mtl_lab.tracking import group_loggers, log_run_to_wandb, quiet_lightning
+
+    quiet_lightning()
+    out_dir = Path(out_dir)
+    cfg = group[0].cfg
+    data: dict[tuple, TaskTensors] = {}
+    members = []
+    for spec in group:
+        n_max = max(spec.cfg.n_main)
+        key = (json.dumps(spec.cfg.task.params, sort_keys=True), spec.seed, n_max)
+        if key not in data:
+            data[key] = load_task(spec.cfg, spec.seed, n_max)
+        members.append(Member(spec.run_id, spec.seed, data[key].with_main_prefix(spec.n_main),
+                              spec.cfg.training.lr, spec.cfg.finetune.rescale,
+                              spec.cfg.finetune.head_init_scale))
+    ctx = GroupContext(cfg, out_dir, progress, group_loggers(cfg, out_dir),
+                       PretrainStore(out_dir / "checkpoints"))
+    t0 = time.perf_counter()
+    results = REGIME_FUNCTIONS[group[0].regime](members, ctx)
+    wall = time.perf_counter() - t0
+    rows = []
+    for spec, res in zip(group, results):
+        row = run_row(spec, res.metrics, wall, len(group))
+        if res.network is not None:
+            save_network(res.network, out_dir / "checkpoints" / f"run-{spec.run_id}.pt",
+                         run_id=spec.run_id, regime=spec.regime)
+        log_run_to_wandb(spec.cfg, out_dir, row, res.history)
+        rows.append(row)
+    return rows
+
+
+def preflight(out_dir: Path) -> pd.DataFrame:
+    """Everything that can fail before compute: existing results and checkpoints must load."""
+    from mtl_lab.regimes import PretrainStore
+
+    existing = read_results(out_dir)
+    PretrainStore(out_dir / "checkpoints").check()
+    return existing
+
+
+def execute(runs: Sequence[RunSpec], out_dir: str | Path, executor: str = "local",
+            address: str | None = None, progress: bool = True, description: str = "runs"
+            ) -> pd.DataFrame:
+    """Train every run without a row in ``out_dir``'s results; return the rows of ``runs``."""
+    if executor not in EXECUTORS:
+        raise ConfigError(f"unknown executor {executor!r}: use one of {EXECUTORS}")
+    out_dir = Path(out_dir)
+    existing = preflight(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    done = set(existing["run_id"]) if not existing.empty else set()
+    groups = group_runs(r for r in runs if r.run_id not in done)
+    total = len({r.run_id for r in runs})
+    table = [existing]
+    bar = tqdm(total=total, initial=total - sum(map(len, groups)), desc=description,
+               unit="run", disable=not progress, dynamic_ncols=True)
+
+    def gather(rows: list[dict]) -> None:
+        table.append(pd.DataFrame(rows))
+        write_results(out_dir, pd.concat(table, ignore_index=True))
+        bar.update(len(rows))
+
+    run_groups = _ray_groups if executor == "ray" else _local_groups
+    run_groups(groups, out_dir, progress, address, gather, bar)
+    bar.close()
+    everything = pd.concat(table, ignore_index=True)
+    ids = {r.run_id for r in runs}
+    return everything[everything["run_id"].isin(ids)].reset_index(drop=True)
+
+
+def _local_groups(groups, out_dir: Path, progress: bool, address, gather: Callable, bar
+                  ) -> None:
+    for group in groups:
+        bar.set_postfix_str(f"{REGIME_LABELS[group[0].regime]} seed {group[0].seed} "
+                            f"({len(group)} runs)")
+        gather(train_group(group, out_dir, progress))
+
+
+def _ray_groups(groups, out_dir: Path, progress: bool, address, gather: Callable, bar
+                ) -> None:
+    try:
+        import ray
+    except ImportError as err:
+        raise ConfigError("the ray executor needs Ray: pip install -e '.[ray]'") from err
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                 ignore_reinit_error=True)
+    try:
+        remote = ray.remote(num_cpus=1)(train_group)
+        pending = {remote.remote(list(g), str(out_dir), False): g for g in groups}
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                group = pending.pop(ref)
+                bar.set_postfix_str(f"{REGIME_LABELS[group[0].regime]} seed {group[0].seed}")
+                gather(ray.get(ref))
+    finally:
+        if started:
+            ray.shutdown()
