@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import pandas as pd
 
@@ -39,6 +40,53 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from mtl_lab.sweeps.run import plan_sweep, results_table, run_sweep, sweep_dir
+
+    plan = plan_sweep(args.sweep)
+    done = set(results_table(sweep_dir(plan, args.output)).get("run_id", []))
+    print(plan.describe(done))
+    if args.dry_run:
+        return 0
+    results = run_sweep(args.sweep, args.output, args.executor, args.address,
+                        progress=not args.no_progress)
+    print(f"\nResults: {sweep_dir(plan, args.output)}/results.parquet ({len(results)} runs); "
+          f"report: mtl-lab report {sweep_dir(plan, args.output)}")
+    return 0
+
+
+def _cmd_results(args: argparse.Namespace) -> int:
+    from mtl_lab.comparison import comparison_table
+    from mtl_lab.sweeps.run import results_table
+
+    table = results_table(args.folder)
+    if table.empty:
+        raise ConfigError(f"no results.parquet in {args.folder}")
+    if args.csv:
+        table.to_csv(args.csv, index=False)
+        print(f"wrote {len(table)} rows to {args.csv}")
+    if args.parquet:
+        table.to_parquet(args.parquet, index=False)
+        print(f"wrote {len(table)} rows to {args.parquet}")
+    if not (args.csv or args.parquet):
+        with pd.option_context("display.float_format", "{:.3e}".format, "display.width", 120):
+            print(f"{len(table)} runs; mean test loss on the main task:")
+            print(comparison_table(table).to_string())
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from mtl_lab.sweeps.report import write_report
+    from mtl_lab.sweeps.run import results_table
+
+    table = results_table(args.folder)
+    if table.empty:
+        raise ConfigError(f"no results.parquet in {args.folder}")
+    path = write_report(table, Path(args.folder), title=args.title or Path(args.folder).name)
+    print(f"report: {path}")
+    return 0
+
+
 def _cmd_families(args: argparse.Namespace) -> int:
     import tasks
 
@@ -66,6 +114,23 @@ def build_parser() -> argparse.ArgumentParser:
     ana.add_argument("run_dir", help="an output folder of `mtl-lab run`")
     ana.add_argument("--no-progress", action="store_true", help="hide progress bars")
     ana.set_defaults(func=_cmd_analyze)
+    swp = sub.add_parser("sweep", help="run a sweep file (a base config and axes)")
+    swp.add_argument("sweep", help="YAML sweep file")
+    swp.add_argument("--dry-run", action="store_true", help="validate and print the plan only")
+    swp.add_argument("--executor", choices=["local", "ray"], default="local")
+    swp.add_argument("--address", help="Ray cluster address (default: a local instance)")
+    swp.add_argument("--output", "-o", help="output folder (default: runs/<name>)")
+    swp.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    swp.set_defaults(func=_cmd_sweep)
+    res = sub.add_parser("results", help="print or export a results table")
+    res.add_argument("folder")
+    res.add_argument("--csv", help="write the table as CSV to this path")
+    res.add_argument("--parquet", help="write the table as parquet to this path")
+    res.set_defaults(func=_cmd_results)
+    rep = sub.add_parser("report", help="HTML report with figures for a sweep folder")
+    rep.add_argument("folder")
+    rep.add_argument("--title")
+    rep.set_defaults(func=_cmd_report)
     fam = sub.add_parser("families", help="list the registered task families")
     fam.set_defaults(func=_cmd_families)
     return parser

@@ -1,8 +1,9 @@
 """Sweep report: figures and a self-contained HTML page for a results table of many runs.
 
 The input is the flat results table (one row per training run, config values flattened under a
-``config.`` prefix; see :func:`mtl_lab.comparison._row`). :func:`write_report` finds the swept
-axes, draws the figures into ``<out_dir>/report/figures/`` and writes ``<out_dir>/report/index.html``.
+``config.`` prefix; see :func:`mtl_lab.sweeps.execute.run_row`). :func:`write_report` finds the
+swept axes, draws the figures into ``<out_dir>/report/figures/`` and writes
+``<out_dir>/report/index.html``.
 
 Regime-specific axes. A regime whose rows do not vary a column (e.g. STL rows under a sweep of the
 PT+FT rescale factor c, which either repeat one value or leave it empty) is treated as independent
@@ -14,6 +15,7 @@ separate lines ("PT+FT (c=0.1)") rather than averaged together.
 from __future__ import annotations
 
 import html
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,8 +110,9 @@ def _short(column: str) -> str:
 
 def _finite(results: pd.DataFrame, metric: str = METRIC) -> pd.DataFrame:
     """Rows whose metric is a finite number (diverged runs are left out of every mean)."""
-    values = pd.to_numeric(results[metric], errors="coerce")
-    return results[np.isfinite(values)].assign(**{metric: values})
+    values = pd.to_numeric(results[metric], errors="coerce").astype(float)
+    keep = np.isfinite(values.to_numpy())
+    return results.loc[keep].assign(**{metric: values[keep]})
 
 
 def _select(data: pd.DataFrame, column: str | None, value) -> pd.DataFrame:
@@ -211,9 +214,16 @@ def _draw_lines(ax, data: pd.DataFrame, x: str, lines: list[Series], metric: str
         rows = _series_rows(data, series)
         if rows.empty:
             continue
-        stats = rows.groupby(x)[metric].agg(["mean", "sem"]).sort_index()
+        stats = _seed_stats(rows, x, metric)
         ax.errorbar(stats.index, stats["mean"], yerr=stats["sem"].fillna(0.0), capsize=3,
                     markersize=4, label=series.label, **_style(series))
+
+
+def _seed_stats(rows: pd.DataFrame, x: str, metric: str) -> pd.DataFrame:
+    """Mean and s.e.m. over seeds per x (each seed first averaged over the other axes)."""
+    if "seed" in rows.columns:
+        rows = rows.groupby([x, "seed"], as_index=False)[metric].mean()
+    return rows.groupby(x)[metric].agg(["mean", "sem"]).sort_index()
 
 
 def _loss_axis(ax, metric: str) -> None:
@@ -255,7 +265,7 @@ def _pick(values: list, k: int = MAX_PANELS) -> list:
 
 def loss_vs_n(results: pd.DataFrame, facet: str | None, path: str | Path,
               metric: str = METRIC) -> Path:
-    """Log–log test loss vs n_main per regime (mean ± s.e.m. over seeds), a panel per facet value."""
+    """Log–log test loss vs n_main per regime (mean ± s.e.m. over seeds), a panel per facet."""
     plt = _pyplot()
     data = _finite(results, metric)
     panels = _values(data[facet]) if facet else [None]
@@ -323,7 +333,7 @@ def _heat(fig, ax, matrix: pd.DataFrame, label: str) -> None:
     """A diverging heat map centred at 0 with annotated cells and a labelled colour bar."""
     values = matrix.to_numpy(dtype=float)
     finite = values[np.isfinite(values)]
-    vmax = float(np.abs(finite).max()) if finite.size and np.abs(finite).max() > 0 else 1.0
+    vmax = max(float(np.abs(finite).max()) if finite.size else 0.0, 0.5)
     image = ax.imshow(np.ma.masked_invalid(values), cmap="RdBu_r", vmin=-vmax, vmax=vmax,
                       aspect="auto")
     for (i, j), value in np.ndenumerate(values):
@@ -439,8 +449,8 @@ def _ratio_items(data: pd.DataFrame, facet: str | None, figures: Path) -> list[I
         missing = [r for r in ("PT+FT", denominator) if r not in present]
         if missing:
             items.append(Item(f"PT+FT / {denominator} ratio map skipped: the table has no "
-                              f"{' or '.join(missing)} runs (regimes present: "
-                              f"{', '.join(_regime_order(present)) or 'none'})."))
+                              f"{' or '.join(missing)} runs with a finite test loss (regimes "
+                              f"present: {', '.join(_regime_order(present)) or 'none'})."))
             continue
         items += _ratio_maps(data, denominator, facet, figures)
     return items
@@ -451,9 +461,9 @@ def _ratio_maps(data: pd.DataFrame, denominator: str, facet: str | None,
     """One PT+FT / denominator map per combination of varying finetune values."""
     lines = [s for s in _series(data, exclude={facet}) if s.regime == "PT+FT"]
     items = []
-    for k, series in enumerate(lines):
-        name = f"ratio_ptft_{denominator.lower()}" + (f"_{k}" if len(lines) > 1 else "") + ".png"
+    for series in lines:
         where = dict(series.where)
+        name = f"ratio_ptft_{denominator.lower()}{_slug(where)}.png"
         relative_map(data, "PT+FT", denominator, x="n_main", y=facet, path=figures / name,
                      where=where)
         shown = {facet, *where}
@@ -464,12 +474,20 @@ def _ratio_maps(data: pd.DataFrame, denominator: str, facet: str | None,
     return items
 
 
+def _slug(where: dict) -> str:
+    """A file-name suffix for fixed finetune values, e.g. ``_c0.1``."""
+    text = "".join(f"_{_short(c)}{_fmt(v)}" for c, v in where.items())
+    return re.sub(r"[^A-Za-z0-9._+-]", "", text.replace("γ", "gamma"))
+
+
 def _sparsity_item(data: pd.DataFrame, axes: list[str], facet: str | None,
                    figures: Path) -> Item:
     """Figure 3: loss vs main-task sparsity, when k_main or m_main is swept."""
     column = sparsity_column(axes)
-    if column is None or data.empty:
+    if column is None:
         return Item("Sparsity plot skipped: neither k_main nor m_main is swept.")
+    if data.empty:
+        return Item("Sparsity plot skipped: no run has a finite test loss.")
     row = facet if facet != column else None
     sparsity_dependence(data, column, figures / "sparsity.png", row=row)
     shown = {column, row, *_variant_columns(data, {column, row})}

@@ -1,0 +1,84 @@
+"""``mtl-lab sweep``: plan a sweep file, print the plan, train it with an executor."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from mtl_lab.config import REGIME_LABELS
+from mtl_lab.sweeps.execute import execute, read_results
+from mtl_lab.sweeps.plan import RunSpec, group_runs, runs_of
+from mtl_lab.sweeps.spec import SweepPoint, SweepSpec, load_sweep
+
+
+@dataclass
+class SweepPlan:
+    """What a sweep will train: its points, runs (deduplicated) and batched groups."""
+
+    spec: SweepSpec
+    points: list[SweepPoint]
+    runs: list[RunSpec]
+    groups: list[list[RunSpec]]
+
+    @property
+    def max_member_steps(self) -> int:
+        """Upper bound on gradient steps over all runs (restarts and pretraining excluded)."""
+        return sum(r.cfg.training.max_steps for r in self.runs)
+
+    def describe(self, done: set[str] | frozenset = frozenset()) -> str:
+        """A human-readable plan: counts, groups and the cost bound."""
+        todo = [g for g in self.groups if any(r.run_id not in done for r in g)]
+        finished = len(set(done) & {r.run_id for r in self.runs})
+        lines = [f"sweep {self.spec.name!r}: {len(self.points)} point(s), {len(self.runs)} "
+                 f"run(s) in {len(self.groups)} batched group(s); {finished} already finished",
+                 f"cost bound: ≤ {self.max_member_steps:,} member gradient steps "
+                 "(full-batch budget × runs, before early stopping)"]
+        for g in todo[:20]:
+            first = g[0]
+            lines.append(f"  - {REGIME_LABELS[first.regime]:9s} seed {first.seed}: {len(g)} runs "
+                         f"(n_main {sorted({r.n_main for r in g})})")
+        if len(todo) > 20:
+            lines.append(f"  … and {len(todo) - 20} more groups")
+        return "\n".join(lines)
+
+
+def plan_sweep(path: str | Path) -> SweepPlan:
+    """Validate and expand a sweep file into runs and groups (no compute)."""
+    spec, points = load_sweep(path)
+    seen, runs = set(), []
+    for point in points:
+        for run in runs_of(point.cfg):
+            if run.run_id not in seen:
+                seen.add(run.run_id)
+                runs.append(run)
+    return SweepPlan(spec, points, runs, group_runs(runs))
+
+
+def sweep_dir(plan: SweepPlan, output: str | Path | None = None) -> Path:
+    return Path(output or plan.spec.output_dir or f"runs/{plan.spec.name}")
+
+
+def run_sweep(path: str | Path, output: str | Path | None = None, executor: str = "local",
+              address: str | None = None, progress: bool = True) -> pd.DataFrame:
+    """Train every pending run of a sweep file; return the sweep's results table."""
+    plan = plan_sweep(path)
+    out = sweep_dir(plan, output)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sweep.yaml").write_text(yaml.safe_dump(plan.spec.model_dump(mode="json"),
+                                                   sort_keys=False))
+    return execute(plan.runs, out, executor, address, progress, description=plan.spec.name)
+
+
+def results_table(folder: str | Path) -> pd.DataFrame:
+    """The results store of a sweep or comparison folder (one row per run)."""
+    return read_results(Path(folder))
+
+
+def results_dataset(folder: str | Path):
+    """The results store as a Hugging Face ``datasets.Dataset``."""
+    import datasets
+
+    return datasets.Dataset.from_pandas(results_table(folder), preserve_index=False)
