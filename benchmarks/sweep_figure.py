@@ -1,0 +1,91 @@
+"""A paper-scale diagonal sweep (Lippl & Lindsey's shared-vs-disjoint figure): the lab's wall
+time against the estimate for one-process-per-run plain PyTorch loops, measured in one run.
+
+Sweep: d = 1000, k_aux = k_main = 40, n_aux = 1024, overlap ∈ {0, 20, 30, 40},
+n_main ∈ {16, …, 512}, regimes STL / MTL / PT+FT / PT+LP, 2 seeds, α = γ = 1e-3, budget 1e5
+steps, threshold 1e-10. The plain estimate times a sample of the same runs, each in a fresh
+process (benchmarks/plain_run.py), and scales it to the sweep's run count per regime.
+Targets: the lab ≥ 10× faster than the estimate, and the full sweep under 30 minutes on 2 cores.
+
+python benchmarks/sweep_figure.py [--quick] [--executor ray]
+  --quick: budget 1e4, n_main ∈ {16, 64, 256}, 1 seed (a few minutes)
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+REGIMES = ["stl", "mtl", "ptft", "ptlp"]
+
+
+def sweep_spec(budget: int, n_main: list[int], seeds: list[int], lr: float) -> dict:
+    return {
+        "name": "paper-diagonal",
+        "base": {
+            "regimes": REGIMES, "seeds": seeds, "n_main": n_main,
+            "task": {"family": "sparse_linear",
+                     "params": {"d": 1000, "k_aux": 40, "k_main": 40, "overlap": 0,
+                                "n_aux": 1024, "n_test": 10000}},
+            "model": {"kind": "diagonal", "alpha": 1e-3},
+            "training": {"lr": lr, "max_steps": budget, "loss_threshold": 1e-10,
+                         "steps_per_call": 2000},
+            "finetune": {"head_init_scale": 1e-3},
+            "logging": {"progress": False, "monitors": False},
+        },
+        "axes": {"task.params.overlap": [0, 20, 30, 40]},
+    }
+
+
+def plain_seconds(regime: str, overlap: int, n_main: int, seed: int, budget: int,
+                  lr: float) -> float:
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, str(HERE / "plain_run.py"), regime, str(overlap),
+                    str(n_main), str(seed), str(budget), "1e-10", str(lr)], check=True,
+                   capture_output=True)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--executor", default="local", choices=["local", "ray"])
+    parser.add_argument("--lr", type=float, default=0.05)
+    args = parser.parse_args()
+    budget = 10_000 if args.quick else 100_000
+    n_main = [16, 64, 256] if args.quick else [16, 32, 64, 128, 256, 512]
+    seeds = [0] if args.quick else [0, 1]
+    from mtl_lab.sweeps.run import plan_sweep, run_sweep
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "sweep.yaml"
+        path.write_text(yaml.safe_dump(sweep_spec(budget, n_main, seeds, args.lr)))
+        plan = plan_sweep(path)
+        print(f"machine: {platform.machine()}; {plan.describe()}", flush=True)
+        t0 = time.perf_counter()
+        results = run_sweep(path, Path(tmp) / "out", executor=args.executor, progress=True)
+        lab = time.perf_counter() - t0
+        per_regime = results.groupby("regime").size().to_dict()
+        # the plain baseline on a sample of the same runs: per regime, the two corners
+        corners = [(0, min(n_main)), (40, max(n_main))]
+        sample = {r: sum(plain_seconds(r, o, n, 0, budget, args.lr) for o, n in corners) / 2
+                  for r in REGIMES}
+    estimate = sum(sample[r] * per_regime.get(r, 0) for r in REGIMES)
+    print(f"\nlab ({args.executor}): {len(results)} runs in {lab / 60:.1f} min; status: "
+          f"{results['status'].value_counts().to_dict()}")
+    print("plain one-process-per-run sample (s/run): "
+          + ", ".join(f"{r} {s:.1f}" for r, s in sample.items()))
+    print(f"plain estimate: {estimate / 60:.1f} min → the lab is {estimate / lab:.1f}× faster "
+          "(target ≥ 10×); lab under 30 min: " + ("yes" if lab < 1800 else "no"))
+
+
+if __name__ == "__main__":
+    main()
