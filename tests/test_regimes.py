@@ -112,3 +112,29 @@ def test_pretraining_is_shared_and_never_repeated(tmp_path, monkeypatch):
                          progress=False, pretrain_store=PretrainStore(tmp_path / "ckpt"))
     REGIME_FUNCTIONS["ptft"](_members(other.cfg), other)  # a changed model retrains
     assert calls == ["pretrain", "pretrain"]
+
+
+def test_pretrain_lock_serialises_workers_on_the_same_key(tmp_path):
+    """Two holders of the same key's lock never overlap (processes sharing a folder, e.g. Ray
+    workers, pretrain a key once: the second finds the checkpoint after waiting)."""
+    import threading
+    import time
+
+    store = PretrainStore(tmp_path)
+    events = []
+
+    def worker(name):
+        with PretrainStore(tmp_path).locked(["k1", "k0"]):
+            events.append(f"{name}+")
+            time.sleep(0.2)
+            events.append(f"{name}-")
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in "ab"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert events in (["a+", "a-", "b+", "b-"], ["b+", "b-", "a+", "a-"])
+    with store.locked([]):  # no keys, no files
+        pass
+    store.check()  # lock files are not mistaken for checkpoints

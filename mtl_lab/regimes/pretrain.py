@@ -7,9 +7,11 @@ reuses one checkpoint, and none is ever trained twice.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 from collections.abc import Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import torch
@@ -57,6 +59,20 @@ class PretrainStore:
         if (path := self.path(key)) is not None:
             save_network(net, path, **summary)
 
+    @contextmanager
+    def locked(self, keys: Sequence[str]):
+        """Hold an exclusive file lock per key (sorted order: no deadlock) while pretraining,
+        so that processes sharing the folder (Ray workers) train each key once."""
+        if self.root is None or not keys:
+            yield
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        with ExitStack() as stack:
+            for key in sorted(keys):
+                handle = stack.enter_context(open(self.root / f".pretrain-{key}.lock", "w"))
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
+
     def check(self) -> None:
         """Validate every stored checkpoint (a corrupt one is an error before any compute)."""
         if self.root is not None and self.root.is_dir():
@@ -69,6 +85,18 @@ def pretrained_for(members: Sequence[Member], ctx: GroupContext
     """An ensemble whose member k is the pretrained network for members[k] (trained if new)."""
     store: PretrainStore = ctx.pretrain_store or PretrainStore(None)
     keys = [pretrain_key(ctx, m) for m in members]
+    with store.locked(sorted(set(keys))):  # concurrent workers never pretrain the same key twice
+        _pretrain_missing(store, keys, members, ctx)
+    found = [store.get(k) for k in keys]
+    nets = [n for n, _ in found]
+    summaries = [{"pretrain_key": key, **{f"pretrain_{k}": v for k, v in s.items()}}
+                 for key, (_, s) in zip(keys, found)]
+    return stack_networks(nets) if len(nets) > 1 else nets[0].select_members([0]), summaries
+
+
+def _pretrain_missing(store: PretrainStore, keys: Sequence[str], members: Sequence[Member],
+                      ctx: GroupContext) -> None:
+    """Pretrain (as one batched ensemble) every key the store does not hold yet."""
     todo: dict[str, Member] = {}
     for key, m in zip(keys, members):
         if store.get(key) is None:
@@ -83,8 +111,3 @@ def pretrained_for(members: Sequence[Member], ctx: GroupContext
         net, summaries, _ = fit(net, [term], ["trunk", "heads"], lr, training, ctx, "pretrain")
         for k, key in enumerate(todo):
             store.put(key, net.select_members([k]), summaries[k])
-    found = [store.get(k) for k in keys]
-    nets = [n for n, _ in found]
-    summaries = [{"pretrain_key": key, **{f"pretrain_{k}": v for k, v in s.items()}}
-                 for key, (_, s) in zip(keys, found)]
-    return stack_networks(nets) if len(nets) > 1 else nets[0].select_members([0]), summaries
