@@ -64,8 +64,8 @@ def _model_config(row: dict[str, Any]) -> ModelConfig:
 def starting_network(row: dict[str, Any], pretrained: SharedTrunkNetwork | None,
                      in_dim: int) -> SharedTrunkNetwork | None:
     """Rebuild where the run's gradient training started (deterministic from its config)."""
-    from mtl_lab.config import validate_config
     from mtl_lab.regimes.base import build_network
+    from mtl_lab.regimes.gradient import prepare_finetune
 
     regime, seed = row["regime"], int(row["seed"])
     if regime in ("lp_ridge", "ntk_ridge"):
@@ -74,16 +74,11 @@ def starting_network(row: dict[str, Any], pretrained: SharedTrunkNetwork | None,
         if pretrained is None:
             return None
         start = pretrained.select_members([0])
-        start.rescale_trunk(torch.tensor([float(row["config.finetune.rescale"])]))
-        start.add_head("main", torch.tensor([float(row["config.finetune.head_init_scale"])]),
-                       [seed])
+        prepare_finetune(start, [float(row["config.finetune.rescale"])],
+                         [float(row["config.finetune.head_init_scale"])], [seed])
         return start
-    model = _model_config(row).model_dump()
-    raw = {"regimes": ["stl"], "seeds": [0], "n_main": [1], "model": model,
-           "task": {"family": "sparse_linear", "params": {"d": 2, "k_aux": 1, "k_main": 1,
-                                                          "overlap": 0, "n_aux": 1}}}
     tasks_ = ("main",) if regime == "stl" else ("aux", "main")
-    return build_network(validate_config(raw), in_dim, tasks_, [seed])
+    return build_network(_model_config(row), in_dim, tasks_, [seed])
 
 
 def load_artifacts(out_dir: Path, row: dict[str, Any], results: pd.DataFrame) -> RunArtifacts:

@@ -13,7 +13,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from mtl_lab.config import ComparisonConfig, TrainingConfig
+from mtl_lab.config import ComparisonConfig, ModelConfig, TrainingConfig
 from mtl_lab.data import TaskTensors
 from mtl_lab.engine import (
     FullBatchRecipe,
@@ -69,10 +69,9 @@ class MemberResult:
     history: list[tuple[int, float]] = field(default_factory=list)
 
 
-def build_network(cfg: ComparisonConfig, in_dim: int, tasks: Sequence[str],
+def build_network(m: ModelConfig, in_dim: int, tasks: Sequence[str],
                   seeds: Sequence[int]) -> SharedTrunkNetwork:
-    """A fresh ensemble for the config's model, member k initialised from seeds[k]."""
-    m = cfg.model
+    """A fresh ensemble for a model config, member k initialised from seeds[k]."""
     if m.kind == "diagonal":
         return DiagonalNetwork(in_dim, tasks, seeds, alpha=m.alpha,
                                head_init_scale=m.head_init_scale)

@@ -50,7 +50,7 @@ def _lrs(members: Sequence[Member]) -> torch.Tensor:
 def train_stl(members: Sequence[Member], ctx: GroupContext) -> list[MemberResult]:
     """STL: L = (1/n_main) Σ_i (f_main(x_i) − y_i)² on a fresh network."""
     datas = [m.data for m in members]
-    net = build_network(ctx.cfg, datas[0].in_dim, ("main",), [m.seed for m in members])
+    net = build_network(ctx.cfg.model, datas[0].in_dim, ("main",), [m.seed for m in members])
     term = split_term(datas, "main_train", "main", 1.0 / counts(datas, "main_train"))
     net, summ, hist = fit(net, [term], ["trunk", "heads"], _lrs(members), ctx.cfg.training,
                           ctx, "stl")
@@ -60,7 +60,7 @@ def train_stl(members: Sequence[Member], ctx: GroupContext) -> list[MemberResult
 def train_mtl(members: Sequence[Member], ctx: GroupContext) -> list[MemberResult]:
     """MTL: L = Σ_t Σ_i c_t (f_t(x_i) − y_i)² with the configured task weighting c_t."""
     datas = [m.data for m in members]
-    net = build_network(ctx.cfg, datas[0].in_dim, ("aux", "main"), [m.seed for m in members])
+    net = build_network(ctx.cfg.model, datas[0].in_dim, ("aux", "main"), [m.seed for m in members])
     n = {"aux": counts(datas, "aux_train"), "main": counts(datas, "main_train")}
     w = task_weights(n, ctx.cfg.mtl.weighting, ctx.cfg.mtl.weights)
     terms = [split_term(datas, f"{t}_train", t, w[t]) for t in ("aux", "main")]
@@ -73,10 +73,16 @@ def finetune_start(members: Sequence[Member], ctx: GroupContext
                    ) -> tuple[SharedTrunkNetwork, list[dict]]:
     """Pretrained trunks (one per member) × c, with a fresh main head of scale γ."""
     net, pt_summaries = pretrained_for(members, ctx)
-    seeds = [m.seed for m in members]
-    net.rescale_trunk(torch.tensor([m.rescale for m in members]))
-    net.add_head("main", torch.tensor([m.head_init_scale for m in members]), seeds)
+    prepare_finetune(net, [m.rescale for m in members], [m.head_init_scale for m in members],
+                     [m.seed for m in members])
     return net, pt_summaries
+
+
+def prepare_finetune(net: SharedTrunkNetwork, rescale: Sequence[float],
+                     head_scale: Sequence[float], seeds: Sequence[int]) -> None:
+    """θ_trunk ← c·θ_trunk and a fresh main head of scale γ, per member (in place)."""
+    net.rescale_trunk(torch.tensor(rescale, dtype=torch.float32))
+    net.add_head("main", torch.tensor(head_scale, dtype=torch.float32), seeds)
 
 
 def _train_finetune(members: Sequence[Member], ctx: GroupContext, trainable: list[str],

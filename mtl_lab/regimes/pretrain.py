@@ -104,7 +104,7 @@ def _pretrain_missing(store: PretrainStore, keys: Sequence[str], members: Sequen
     if todo:
         new = list(todo.values())
         datas = [m.data for m in new]
-        net = build_network(ctx.cfg, datas[0].in_dim, ("aux",), [m.seed for m in new])
+        net = build_network(ctx.cfg.model, datas[0].in_dim, ("aux",), [m.seed for m in new])
         term = split_term(datas, "aux_train", "aux", 1.0 / counts(datas, "aux_train"))
         training = ctx.cfg.pretraining_or_training
         lr = torch.full((len(new),), training.lr)
