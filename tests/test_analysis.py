@@ -176,3 +176,18 @@ def test_weight_change_measures():
     flipped = unit_changes(-w, w)["direction_change"]
     torch.testing.assert_close(flipped, torch.full((4,), 2.0))
     assert relative_change(w.unsqueeze(0), w.unsqueeze(0)).item() == 0
+
+
+def test_analysis_rebuilds_each_runs_exact_starting_point(tmp_path):
+    """With a vanishing learning rate the trained network is its start: the reconstructed start
+    must then match it (weight change and conservation drift ≈ 0) for every regime."""
+    from mtl_lab.analysis.runs import analyze_run_dir
+
+    cfg = validate_config(tiny_raw(**{"regimes": ["stl", "mtl", "ptft"], "n_main": [8],
+                                      "training": {"lr": 1e-12, "max_steps": 2},
+                                      "pretraining": {"lr": 0.05, "max_steps": 200},
+                                      "finetune": {"rescale": 0.5, "head_init_scale": 0.01}}))
+    run_comparison(cfg, tmp_path)
+    analysis, _ = analyze_run_dir(tmp_path, progress=False)
+    assert (analysis["weight_change"] < 1e-6).all(), analysis[["regime", "weight_change"]]
+    assert (analysis["conservation_drift"] < 1e-5).all()
