@@ -191,3 +191,17 @@ def test_analysis_rebuilds_each_runs_exact_starting_point(tmp_path):
     analysis, _ = analyze_run_dir(tmp_path, progress=False)
     assert (analysis["weight_change"] < 1e-6).all(), analysis[["regime", "weight_change"]]
     assert (analysis["conservation_drift"] < 1e-5).all()
+
+
+def test_sparsity_dependence_counts_solved_tasks_alike():
+    """Two tasks both solved (relative loss below the floor) are not 'sparsity dependence'."""
+    rows = [{"regime": "ptft", "regime_label": "PT+FT", "config.finetune.rescale": 1.0,
+             "config.task.params.k_main": k, "n_main": 16, "test_loss_main": loss,
+             "null_loss_main": 1.0, "main_share_on_aux": 0.9}
+            for k, loss in ((1, 1e-7), (10, 1e-4))]
+    solved = diagnose(pd.DataFrame(rows))
+    assert solved.loc[0, "sparsity_dependence"] == pytest.approx(0.0)
+    assert solved.loc[0, "label"] == "lazy"
+    strict = diagnose(pd.DataFrame(rows), DiagnosisRule(solved_fraction=1e-9))
+    assert strict.loc[0, "sparsity_dependence"] == pytest.approx(3.0)
+    assert strict.loc[0, "label"] == "nested feature selection"

@@ -5,7 +5,10 @@ Input: an analysed comparison whose main tasks vary in how many auxiliary featur
 For every condition (a regime, and for PT+FT / PT+LP its rescale factor c) two numbers decide:
 
 * **sparsity dependence** S — how much harder a main task that uses more auxiliary features is:
-  S = mean over n_main of log₁₀( L_test(k_max) / L_test(k_min) ), in decades;
+  S = mean over n_main of log₁₀( L̃(k_max) / L̃(k_min) ), in decades, where
+  L̃ = max(L_test / L_null, solved_fraction) is the test loss relative to predicting zero
+  (L_null = mean y²), floored so that tasks solved to within ``solved_fraction`` count alike —
+  without the floor, the ratio between two nearly-solved tasks would read as sparsity dependence;
 * **reuse** U — the share of the main task's contribution carried by auxiliary features
   (``main_share_on_aux`` of the per-unit table, averaged over runs; 0 for STL by construction).
 
@@ -36,10 +39,11 @@ class DiagnosisRule:
     learned 100× better: in the nested and rich regimes the sparse task is solved almost exactly
     from few samples while in the lazy regime all tasks in the pretrained subspace cost alike);
     reuse_threshold: main-task contribution share on auxiliary features above which it counts as
-    reusing them."""
+    reusing them; solved_fraction: relative test loss below which a task counts as solved."""
 
     sensitivity_threshold: float = 2.0
     reuse_threshold: float = 0.5
+    solved_fraction: float = 1e-3
 
 
 def sparsity_column(analysis: pd.DataFrame) -> str:
@@ -58,15 +62,18 @@ def _condition(row: pd.Series) -> str:
     return label
 
 
-def sparsity_dependence(runs: pd.DataFrame, column: str) -> tuple[float, dict]:
-    """S in decades, and the mean test loss per (n_main, sparsity) behind it."""
-    means = runs.groupby(["n_main", column])["test_loss_main"].mean()
+def sparsity_dependence(runs: pd.DataFrame, column: str, solved_fraction: float = 1e-3
+                        ) -> tuple[float, dict]:
+    """S in decades, and the mean relative test loss per (n_main, sparsity) behind it."""
+    null = runs.get("null_loss_main", 1.0)
+    relative = (runs["test_loss_main"] / null).clip(lower=solved_fraction)
+    means = relative.groupby([runs["n_main"], runs[column]]).mean()
     per_n = []
     for _, part in means.groupby(level=0):
         part = part.droplevel(0).sort_index()
         if len(part) >= 2 and part.iloc[0] > 0:
             per_n.append(math.log10(part.iloc[-1] / part.iloc[0]))
-    evidence = {f"loss[n={n},{column.split('.')[-1]}={k}]": float(v) for (n, k), v in
+    evidence = {f"rel_loss[n={n},{column.split('.')[-1]}={k}]": float(v) for (n, k), v in
                 means.items()}
     return (float(np.mean(per_n)) if per_n else float("nan")), evidence
 
@@ -77,7 +84,7 @@ def diagnose(analysis: pd.DataFrame, rule: DiagnosisRule = DiagnosisRule()) -> p
     frame = analysis.assign(condition=analysis.apply(_condition, axis=1))
     rows = []
     for condition, runs in frame.groupby("condition", sort=False):
-        s, evidence = sparsity_dependence(runs, column)
+        s, evidence = sparsity_dependence(runs, column, rule.solved_fraction)
         reuse = 0.0 if runs["regime"].iloc[0] == "stl" else float(
             runs.get("main_share_on_aux", pd.Series([float("nan")])).mean())
         if not reuse >= rule.reuse_threshold:

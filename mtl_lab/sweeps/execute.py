@@ -107,8 +107,9 @@ def train_group(group: Sequence[RunSpec], out_dir: str | Path, progress: bool = 
     results = REGIME_FUNCTIONS[group[0].regime](members, ctx)
     wall = time.perf_counter() - t0
     rows = []
-    for spec, res in zip(group, results):
-        row = run_row(spec, res.metrics, wall, len(group))
+    for spec, member, res in zip(group, members, results):
+        null = float(member.data.y["main_test"].double().pow(2).mean())
+        row = run_row(spec, {**res.metrics, "null_loss_main": null}, wall, len(group))
         if res.network is not None:
             save_network(res.network, out_dir / "checkpoints" / f"run-{spec.run_id}.pt",
                          run_id=spec.run_id, regime=spec.regime)
