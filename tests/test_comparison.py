@@ -34,6 +34,9 @@ def test_output_folder_and_results_table(tmp_path):
                 "config.task.params.d", "status", "run_id"]:
         assert col in results.columns, col
     assert results["config.model.width"].eq(16).all()
+    # cheap analyzer summaries ride along in every row
+    assert results["pr"].between(1, 16).all() and (results["path_norm_l1"] > 0).all()
+    assert results.loc[results.regime == "ptft", "main_share_on_aux"].between(0, 1).all()
     assert results.loc[results.regime == "stl", "test_loss_aux"].isna().all()
     assert results.loc[results.regime == "ptft", "pretrain_steps"].gt(0).all()
     assert yaml.safe_load((out / "config.yaml").read_text())["model"]["width"] == 16

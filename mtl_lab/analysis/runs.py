@@ -179,7 +179,9 @@ def analyze_run_dir(out_dir: str | Path, thresholds: ReuseThresholds = DEFAULT_T
         summary, table = analyze_one(load_artifacts(out_dir, row, results), thresholds)
         rows.append(summary)
         units.append(table)
-    analysis = results.merge(pd.DataFrame(rows), on="run_id", how="left")
+    summaries = pd.DataFrame(rows)
+    stale = [c for c in summaries.columns if c != "run_id" and c in results.columns]
+    analysis = results.drop(columns=stale).merge(summaries, on="run_id", how="left")
     unit_table = pd.concat(units, ignore_index=True)
     analysis.to_parquet(out_dir / "analysis.parquet", index=False)
     unit_table.to_parquet(out_dir / "units.parquet", index=False)

@@ -85,6 +85,7 @@ def run_row(spec: RunSpec, metrics: dict, wall: float, size: int) -> dict:
 def train_group(group: Sequence[RunSpec], out_dir: str | Path, progress: bool = False
                 ) -> list[dict]:
     """Train one batched group; save its checkpoints and wandb runs; return its rows."""
+    from mtl_lab.analysis.summary import run_summary
     from mtl_lab.regimes import REGIME_FUNCTIONS, GroupContext, Member, PretrainStore
     from mtl_lab.tracking import group_loggers, log_run_to_wandb, quiet_lightning
 
@@ -108,8 +109,11 @@ def train_group(group: Sequence[RunSpec], out_dir: str | Path, progress: bool = 
     wall = time.perf_counter() - t0
     rows = []
     for spec, member, res in zip(group, members, results):
-        null = float(member.data.y["main_test"].double().pow(2).mean())
-        row = run_row(spec, {**res.metrics, "null_loss_main": null}, wall, len(group))
+        metrics = {**res.metrics,
+                   "null_loss_main": float(member.data.y["main_test"].double().pow(2).mean())}
+        if res.network is not None:
+            metrics.update(run_summary(res.network, member.data.x["main_test"]))
+        row = run_row(spec, metrics, wall, len(group))
         if res.network is not None:
             save_network(res.network, out_dir / "checkpoints" / f"run-{spec.run_id}.pt",
                          run_id=spec.run_id, regime=spec.regime)
