@@ -41,7 +41,7 @@ def group_loggers(cfg: ComparisonConfig, out_dir: Path) -> Callable[[str], list]
 def log_run_to_wandb(cfg: ComparisonConfig, out_dir: Path, row: dict[str, Any],
                      history: list[tuple[int, float]]) -> str | None:
     """One wandb run per training run: grouped by comparison, tagged by regime, with the full
-    config, the loss curve and the final metrics. Returns the run's local folder."""
+    config, the loss curve and the final metrics. Returns the wandb run id (None if disabled)."""
     if not cfg.logging.wandb.enabled:
         return None
     import wandb
@@ -70,9 +70,27 @@ def log_run_to_wandb(cfg: ComparisonConfig, out_dir: Path, row: dict[str, Any],
               not k.startswith("config.") and not isinstance(v, bool)}
     for key, value in finals.items():
         run.summary[key] = value
-    folder = run.dir
+    run_id = run.id
     run.finish()
-    return str(Path(folder).parent)
+    return run_id
+
+
+def add_to_wandb_run(cfg_logging: dict[str, Any], out_dir: Path, run_id: str,
+                     summary: dict[str, Any], tables: dict[str, Any] | None = None) -> None:
+    """Resume an existing wandb run (offline: a new local segment with the same id, merged on
+    ``wandb sync``) and add summary values and tables to it."""
+    import wandb
+
+    wb = cfg_logging.get("wandb") or {}
+    run = wandb.init(id=run_id, resume="allow", project=wb.get("project", "mtl-lab"),
+                     entity=wb.get("entity"), dir=str(out_dir), mode=wb.get("mode", "offline"),
+                     reinit="create_new",
+                     settings=wandb.Settings(silent=True, console="off", x_disable_stats=True))
+    for key, value in summary.items():
+        run.summary[key] = value
+    if tables:
+        run.log({name: wandb.Table(dataframe=frame) for name, frame in tables.items()})
+    run.finish()
 
 
 def read_wandb_history(path: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:

@@ -150,12 +150,22 @@ def test_analyze_logs_figures_to_wandb_when_enabled(tmp_path):
     run_comparison(cfg, tmp_path)
     before = set((tmp_path / "wandb").glob("offline-run-*"))
     out = analyze(tmp_path, progress=False)
-    (new_run,) = set((tmp_path / "wandb").glob("offline-run-*")) - before
+    ids = set(pd.read_parquet(tmp_path / "results.parquet")["wandb_id"])
+    (new_run,) = {p for p in set((tmp_path / "wandb").glob("offline-run-*")) - before
+                  if p.name.rsplit("-", 1)[-1] not in ids}
     history, _ = read_wandb_history(next(new_run.glob("run-*.wandb")))
     logged = set().union(*history)
     for path in out["figures"]:  # images are logged as nested records with a _type
         assert f"figures/{path.stem}/_type" in logged
     assert "analysis/_type" in logged and "analysis/nrows" in logged
+    # each training run's own wandb run gets its analyzer summary and per-unit table
+    results = pd.read_parquet(tmp_path / "results.parquet")
+    for run_id, wandb_id in zip(results["run_id"], results["wandb_id"]):
+        segments = sorted((tmp_path / "wandb").glob(f"offline-run-*-{wandb_id}"))
+        assert len(segments) == 2  # the training segment and the analysis segment
+        history, summary = read_wandb_history(next(segments[-1].glob("run-*.wandb")))
+        assert "analysis/path_norm_l1" in summary and "analysis/main_share_on_aux" in summary
+        assert any("units/_type" in row for row in history), run_id
 
 
 def test_weight_change_measures():

@@ -40,11 +40,28 @@ def analyze(run_dir: str | Path, progress: bool = True) -> dict:
                              "runs"]].to_string(index=False))
     print(f"\nWrote {run_dir}/analysis.parquet, units.parquet and "
           f"{len(figures)} figures in {run_dir}/figures")
-    _log_to_wandb(run_dir, analysis, figures)
+    _log_to_wandb(run_dir, analysis, units, figures)
     return {"analysis": analysis, "units": units, "diagnosis": diagnosis, "figures": figures}
 
 
-def _log_to_wandb(run_dir: Path, analysis: pd.DataFrame, figures: list[Path]) -> None:
+def _add_to_run_wandb(run_dir: Path, logging_cfg: dict, analysis: pd.DataFrame,
+                      units: pd.DataFrame) -> None:
+    """Each run's analyzer summary and per-unit table go to that run's own wandb run."""
+    from mtl_lab.tracking import add_to_wandb_run
+
+    measures = [c for c in analysis.columns if c not in set(units.columns) - {"run_id"}
+                and not c.startswith("config.")]
+    for row in analysis.to_dict("records"):
+        if not isinstance(row.get("wandb_id"), str):
+            continue
+        summary = {f"analysis/{k}": v for k, v in row.items() if k in measures
+                   and isinstance(v, int | float) and not isinstance(v, bool)}
+        table = units[units["run_id"] == row["run_id"]].drop(columns="run_id")
+        add_to_wandb_run(logging_cfg, run_dir, row["wandb_id"], summary, {"units": table})
+
+
+def _log_to_wandb(run_dir: Path, analysis: pd.DataFrame, units: pd.DataFrame,
+                  figures: list[Path]) -> None:
     """When the comparison logged to wandb, add one 'analysis' run to its group."""
     import yaml
 
@@ -57,6 +74,7 @@ def _log_to_wandb(run_dir: Path, analysis: pd.DataFrame, figures: list[Path]) ->
         return
     import wandb
 
+    _add_to_run_wandb(run_dir, cfg.get("logging") or {}, analysis, units)
     run = wandb.init(project=wb.get("project", "mtl-lab"), entity=wb.get("entity"),
                      group=cfg.get("name"), job_type="analysis", name="analysis",
                      dir=str(run_dir), mode=wb.get("mode", "offline"), reinit="create_new",

@@ -117,7 +117,7 @@ def train_group(group: Sequence[RunSpec], out_dir: str | Path, progress: bool = 
         if res.network is not None:
             save_network(res.network, out_dir / "checkpoints" / f"run-{spec.run_id}.pt",
                          run_id=spec.run_id, regime=spec.regime)
-        log_run_to_wandb(spec.cfg, out_dir, row, res.history)
+        row["wandb_id"] = log_run_to_wandb(spec.cfg, out_dir, row, res.history)
         rows.append(row)
     return rows
 
