@@ -38,30 +38,36 @@ def group_loggers(cfg: ComparisonConfig, out_dir: Path) -> Callable[[str], list]
     return make
 
 
+def start_wandb_run(wandb_cfg: dict[str, Any], out_dir: Path, **fields: Any):
+    """``wandb.init`` with the lab's defaults: offline unless configured online, files under
+    ``out_dir``, no console capture or system stats, a new run per call."""
+    import wandb
+
+    mode = wandb_cfg.get("mode", "offline")
+    if mode == "offline":
+        os.environ.setdefault("WANDB_MODE", "offline")
+    return wandb.init(project=wandb_cfg.get("project", "mtl-lab"),
+                      entity=wandb_cfg.get("entity"), dir=str(out_dir), mode=mode,
+                      reinit="create_new",
+                      settings=wandb.Settings(silent=True, console="off", x_disable_stats=True),
+                      **fields)
+
+
 def log_run_to_wandb(cfg: ComparisonConfig, out_dir: Path, row: dict[str, Any],
                      history: list[tuple[int, float]]) -> str | None:
     """One wandb run per training run: grouped by comparison, tagged by regime, with the full
     config, the loss curve and the final metrics. Returns the wandb run id (None if disabled)."""
     if not cfg.logging.wandb.enabled:
         return None
-    import wandb
-
-    wb = cfg.logging.wandb
-    if wb.mode == "offline":
-        os.environ.setdefault("WANDB_MODE", "offline")
-    run = wandb.init(
-        project=wb.project,
-        entity=wb.entity,
+    run = start_wandb_run(
+        cfg.logging.wandb.model_dump(),
+        out_dir,
         group=cfg.name,
         job_type=row["regime"],
         tags=[row["regime"], f"seed={row['seed']}"],
         name=f"{row['regime']}-seed{row['seed']}-n{row['n_main']}",
         config={k: v for k, v in row.items() if k.startswith(("config.", "regime", "seed",
                                                                "n_main", "run_id"))},
-        dir=str(out_dir),
-        mode=wb.mode,
-        reinit="create_new",
-        settings=wandb.Settings(silent=True, console="off", x_disable_stats=True),
     )
     for step, loss in history:
         if math.isfinite(loss):
@@ -81,11 +87,7 @@ def add_to_wandb_run(cfg_logging: dict[str, Any], out_dir: Path, run_id: str,
     ``wandb sync``) and add summary values and tables to it."""
     import wandb
 
-    wb = cfg_logging.get("wandb") or {}
-    run = wandb.init(id=run_id, resume="allow", project=wb.get("project", "mtl-lab"),
-                     entity=wb.get("entity"), dir=str(out_dir), mode=wb.get("mode", "offline"),
-                     reinit="create_new",
-                     settings=wandb.Settings(silent=True, console="off", x_disable_stats=True))
+    run = start_wandb_run(cfg_logging.get("wandb") or {}, out_dir, id=run_id, resume="allow")
     for key, value in summary.items():
         run.summary[key] = value
     if tables:

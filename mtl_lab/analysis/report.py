@@ -74,11 +74,11 @@ def _log_to_wandb(run_dir: Path, analysis: pd.DataFrame, units: pd.DataFrame,
         return
     import wandb
 
+    from mtl_lab.tracking import start_wandb_run
+
     _add_to_run_wandb(run_dir, cfg.get("logging") or {}, analysis, units)
-    run = wandb.init(project=wb.get("project", "mtl-lab"), entity=wb.get("entity"),
-                     group=cfg.get("name"), job_type="analysis", name="analysis",
-                     dir=str(run_dir), mode=wb.get("mode", "offline"), reinit="create_new",
-                     settings=wandb.Settings(silent=True, console="off", x_disable_stats=True))
+    run = start_wandb_run(wb, run_dir, group=cfg.get("name"), job_type="analysis",
+                          name="analysis")
     numeric = analysis.select_dtypes("number")
     table = pd.concat([analysis[["run_id", "regime", "seed", "n_main"]], numeric], axis=1)
     run.log({"analysis": wandb.Table(dataframe=table.loc[:, ~table.columns.duplicated()]),
