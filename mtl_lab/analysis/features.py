@@ -43,25 +43,25 @@ class ReuseThresholds:
 DEFAULT_THRESHOLDS = ReuseThresholds()
 
 
-def incoming_weights(net: ReLUNetwork, member: int = 0) -> Tensor:
-    """Incoming weights (and bias) of the last trunk layer's units, (H, fan_in [+1])."""
-    w = net.weights[-1][member]
+def incoming_weights(net: ReLUNetwork, member: int | None = 0) -> Tensor:
+    """Incoming weights (and bias) of the last trunk layer's units: (H, fan_in [+1]) for one
+    member, (K, H, fan_in [+1]) for all when ``member`` is None."""
+    w = net.weights[-1].detach()
     if net.biases:
-        w = torch.cat([w, net.biases[-1][member].unsqueeze(1)], dim=1)
-    return w.detach()
+        w = torch.cat([w, net.biases[-1].detach().unsqueeze(2)], dim=2)
+    return w if member is None else w[member]
 
 
 def unit_contributions(net: ReLUNetwork, task: str, member: int = 0,
                        probe: Tensor | None = None) -> Tensor:
     """c_{t,j} = |v_{t,j}|·‖w_j‖ for one hidden layer; |v_{t,j}|·rms_x h_j(x) when deeper."""
-    head = net.heads[task][member].detach().abs()
     if len(net.weights) == 1:
-        return head * incoming_weights(net, member).norm(dim=1)
+        return contributions(net, task)[member]
     if probe is None:
         raise ValueError("a deeper trunk needs probe inputs to measure unit activity")
     with torch.no_grad():
         h = net.select_members([member]).features(probe)[0]
-    return head * h.pow(2).mean(0).sqrt()
+    return net.heads[task][member].detach().abs() * h.pow(2).mean(0).sqrt()
 
 
 def _cosine_rows(a: Tensor, b: Tensor) -> Tensor:
@@ -79,11 +79,8 @@ def contributions(net: SharedTrunkNetwork, task: str) -> Tensor:
     if isinstance(net, DiagonalNetwork):
         return net.beta(task).detach().abs()
     if len(net.weights) != 1:
-        raise ValueError("training-time contributions need a one-hidden-layer trunk")
-    w = net.weights[0].detach()
-    if net.biases:
-        w = torch.cat([w, net.biases[0].detach().unsqueeze(2)], dim=2)
-    return net.heads[task].detach().abs() * w.norm(dim=2)
+        raise ValueError("contributions without probe inputs need a one-hidden-layer trunk")
+    return net.heads[task].detach().abs() * incoming_weights(net, None).norm(dim=2)
 
 
 def main_share_on_aux(net: SharedTrunkNetwork,

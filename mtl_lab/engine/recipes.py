@@ -155,7 +155,6 @@ class MinibatchRecipe(L.LightningModule):
         self.momentum = momentum
         self.weight_decay = weight_decay
         self.sizes = [t.y.shape[1] for t in self.terms]
-        self.last_loss: Tensor | None = None
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         for p in self.net.parameters():
@@ -183,7 +182,6 @@ class MinibatchRecipe(L.LightningModule):
             sub = LossTerm(t.task, x, t.y[:, idx], t.c[:, idx] * (total / batch.numel()))
             parts.append(sub)
         losses = member_losses(self.net, parts)
-        self.last_loss = losses.detach()
         self.log("train/loss_mean", losses.mean(), prog_bar=True)
         return losses.sum()
 
