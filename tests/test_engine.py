@@ -155,3 +155,85 @@ def test_weighted_squared_error_gradient_matches_autograd():
                                                                              dtype=torch.float64)
     assert torch.autograd.gradcheck(lambda p: weighted_squared_error(p, y, c), (pred,))
     torch.testing.assert_close(weighted_squared_error(pred, y, c), (c * (pred - y) ** 2).sum(1))
+
+
+def test_compaction_steps_only_running_members_and_changes_no_result():
+    """Once the small-n members converge, later chunks step the others alone (trimmed to the
+    samples they use), and every member ends where it would without compaction."""
+    x, y = _problem(n=40)
+    ns, lrs = [8, 40, 40], [0.1, 0.1, 1e-3]
+    settings = GDSettings(max_steps=1500, loss_threshold=1e-6)
+
+    def train(compact):
+        net = DiagonalNetwork(6, ("main",), [0, 1, 2], alpha=0.5)
+        term = make_term("main", [x[:n] for n in ns], [y[:n] for n in ns],
+                         torch.tensor([1.0 / n for n in ns]))
+        gd = FullBatchGD(net, [term], list(net.parameters()), torch.tensor(lrs), settings,
+                         compact=compact)
+        gd.run_until_done(chunk=100)
+        return gd
+
+    full, compacted = train(False), train(True)
+    assert compacted.state.status.tolist() == full.state.status.tolist()
+    assert compacted.state.steps.tolist() == full.state.steps.tolist()
+    assert full.state.status[2] == STATUS_BUDGET  # the slow member outlives the others
+    index, sub = compacted._sub
+    assert index.tolist() == [2]  # only the member still running was stepped at the end
+    assert sub.terms[0].y.shape == (1, 40)
+    for pa, pb in zip(full.net.parameters(), compacted.net.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(compacted.state.loss, full.state.loss, rtol=1e-3, atol=1e-9)
+
+
+def test_member_that_gives_up_early_is_reset_even_after_compaction():
+    x, y = _problem()
+    net = DiagonalNetwork(6, ("main",), [0, 0], alpha=0.5)
+    gd = _train(net, [x, x], [y, y], [1e6, 1e-3], GDSettings(1000, 1e-9, max_restarts=1))
+    assert gd.state.status.tolist() == [STATUS_DIVERGED, STATUS_BUDGET]
+    assert gd._sub is not None and gd._sub[0].tolist() == [1]
+    assert all(torch.isfinite(p).all() for p in net.parameters())
+    torch.testing.assert_close(net.w_plus[0], torch.full((6,), 0.5))
+
+
+def test_row_bands_cover_every_used_sample_with_its_members():
+    from mtl_lab.engine.objective import row_bands
+
+    counts = [512, 512, 256, 64, 16, 0]
+    for overhead in (0, 1000, 10**9):
+        bands = row_bands(counts, overhead)
+        assert bands[0][0] == 0 and bands[-1][1] == 512
+        assert all(a[1] == b[0] for a, b in zip(bands, bands[1:]))  # contiguous
+        for r0, _r1, m in bands:  # every member using a row of the band is among the first m
+            assert all(k < m for k, n in enumerate(counts) if n > r0)
+    assert len(row_bands(counts, 0)) == 4  # one band per distinct count
+    assert row_bands(counts, 10**9) == [(0, 512, 5)]  # never worth splitting
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_banded_linear_loss_and_gradient_equal_the_unbanded_ones(shared):
+    """The diagonal network's objective by row bands = the plain weighted sum, value and
+    gradient, for shared (n, d) and per-member (K, n, d) inputs."""
+    from mtl_lab.engine.objective import BandedLinearSquaredError, weighted_squared_error
+
+    g = torch.Generator().manual_seed(3)
+    ns = [30, 30, 12, 5]
+    x = torch.randn(30, 7, generator=g, dtype=torch.float64)
+    xs = [x[:n] for n in ns] if shared else [torch.randn(n, 7, generator=g, dtype=torch.float64)
+                                             for n in ns]
+    ys = [torch.randn(n, generator=g, dtype=torch.float64) for n in ns]
+    term = make_term("main", xs, ys, torch.tensor([1.0 / n for n in ns], dtype=torch.float64))
+    term = term.to("cpu", torch.float64)
+    assert len(term.bands()) == 1  # tiny d: the default overhead merges everything
+    beta = torch.randn(4, 7, generator=g, dtype=torch.float64, requires_grad=True)
+    plain = weighted_squared_error(_linear_predict(term.x, beta), term.y, term.c)
+    banded = BandedLinearSquaredError.apply(beta, term.x, term.y, term.c, [(0, 5, 4), (5, 12, 3),
+                                                                           (12, 30, 2)])
+    torch.testing.assert_close(banded, plain)
+    w = torch.randn(4, dtype=torch.float64, generator=g)
+    (ga,) = torch.autograd.grad(plain, beta, w)
+    (gb,) = torch.autograd.grad(banded, beta, w)
+    torch.testing.assert_close(gb, ga)
+
+
+def _linear_predict(x, beta):
+    return (x @ beta.T).T if x.dim() == 2 else torch.bmm(x, beta.unsqueeze(2)).squeeze(2)

@@ -5,6 +5,14 @@ If L_k turns NaN or exceeds the divergence limit, member k restarts from its ini
 with η_k ← η_k / backoff (at most ``max_restarts`` times). All stopping decisions are made per
 member on the device, without a host synchronisation per step, so a member's trajectory is the
 same whether it trains alone or inside an ensemble.
+
+Members stop at different times (in a sweep, the small-n runs converge long before the large-n
+ones hit their budget). Between chunks the engine therefore *compacts*: once some members have
+stopped, the next chunks step a sub-ensemble of the running members only, ordered by decreasing
+sample count, on terms trimmed to the samples those members use, and copy the result back after
+every chunk. Stopped members cost nothing from then on, and with that order a network that is
+linear in its input evaluates each sample on only the members that use it (row bands, see
+``objective.row_bands``).
 """
 
 from __future__ import annotations
@@ -88,15 +96,20 @@ class FullBatchGD:
         params: Sequence[torch.nn.Parameter],
         lr: Tensor,
         settings: GDSettings,
+        compact: bool = True,
     ) -> None:
         self.net = net
         self.terms = list(terms)
         self.params = list(params)
         self.settings = settings
+        self.compact = compact
         dtype = self.params[0].dtype
         self.state = GDState.start(lr.to(self.params[0].device, dtype))
         self.initial = [p.detach().clone() for p in self.params]
         self.steps_run = 0
+        self._names = parameter_names(net, self.params)
+        self._sub: tuple[Tensor, FullBatchGD] | None = None  # (members, engine stepping them)
+        self._counts = [t.sample_counts() for t in self.terms]
         self._ones = torch.ones_like(self.state.lr)
         self._shapes = [(-1,) + (1,) * (p.dim() - 1) for p in self.params]
 
@@ -160,6 +173,18 @@ class FullBatchGD:
 
     def run_chunk(self, chunk: int) -> bool:
         """``chunk`` steps, then handle restarts; returns True while some member still runs."""
+        if self.compact:
+            self._compact()
+        if self._sub is not None:
+            index, sub = self._sub
+            before = sub.steps_run
+            running = sub.run_chunk(chunk)
+            self._pull(index, sub)
+            self.steps_run += sub.steps_run - before
+            self.state.history.append((self.steps_run, self.state.loss.clone()))
+            if not running:  # members dropped earlier may have given up too
+                self._reset_given_up()
+            return running
         s = self.state
         if bool(s.running.any()):  # never step past the largest remaining budget (+1 check)
             left = self.settings.max_steps + 1 - int(s.steps[s.running].min())
@@ -176,6 +201,41 @@ class FullBatchGD:
         if not running:
             self._reset_given_up()
         return running
+
+    def _compact(self) -> None:
+        """Step only the running members from now on, ordered by decreasing sample counts.
+
+        A new sub-ensemble is built when some member now stepped has stopped, or, at the start,
+        when the members are not in that order yet (which row bands need to be prefixes).
+        """
+        running = torch.nonzero(self.state.running).flatten().tolist()
+        order = sorted(running, key=lambda k: [-counts[k] for counts in self._counts])
+        stepped = self._sub[0].tolist() if self._sub else list(range(self.state.lr.shape[0]))
+        if not order or order == stepped:
+            return
+        index = torch.tensor(order, device=self.state.lr.device)
+        sub_net = self.net.select_members(index)
+        sub = FullBatchGD(
+            sub_net,
+            [t.select(index) for t in self.terms],
+            [sub_net.get_parameter(name) for name in self._names],
+            self.state.lr[index],
+            self.settings,
+            compact=False,
+        )
+        sub.initial = [p0[index] for p0 in self.initial]
+        s, t = self.state, sub.state
+        t.steps, t.restarts, t.loss = s.steps[index], s.restarts[index], s.loss[index]
+        self._sub = (index, sub)
+
+    @torch.no_grad()
+    def _pull(self, index: Tensor, sub: FullBatchGD) -> None:
+        """Copy the sub-ensemble's weights and bookkeeping back into the whole ensemble."""
+        for p, q in zip(self.params, sub.params):
+            p.index_copy_(0, index, q)
+        s, t = self.state, sub.state
+        for name in ("lr", "steps", "status", "restarts", "loss", "running"):
+            getattr(s, name).index_copy_(0, index, getattr(t, name))
 
     def run_until_done(self, chunk: int = 1000) -> GDState:
         """Run chunks until no member is running (plain loop, no Lightning)."""
@@ -196,6 +256,12 @@ class FullBatchGD:
             }
             for k in range(s.lr.shape[0])
         ]
+
+
+def parameter_names(net: torch.nn.Module, params: Sequence[torch.nn.Parameter]) -> list[str]:
+    """The names under which ``params`` live in ``net`` (in the order of ``params``)."""
+    names = {id(p): name for name, p in net.named_parameters()}
+    return [names[id(p)] for p in params]
 
 
 def max_chunks(settings: GDSettings, chunk: int) -> int:

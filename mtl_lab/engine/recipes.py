@@ -15,7 +15,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from mtl_lab.engine.gd import FullBatchGD, GDSettings, max_chunks
+from mtl_lab.engine.gd import FullBatchGD, GDSettings, max_chunks, parameter_names
 from mtl_lab.engine.objective import LossTerm, member_losses
 from mtl_lab.models.base import SharedTrunkNetwork
 
@@ -54,7 +54,7 @@ class FullBatchRecipe(L.LightningModule):
         self.automatic_optimization = False
         self.net = net.to(dtype)
         self.terms = list(terms)
-        self._trainable_names = _names_of(net, trainable)
+        self._trainable_names = parameter_names(net, trainable)
         self.lr = lr
         self.settings = settings
         self.steps_per_call = steps_per_call
@@ -124,11 +124,6 @@ class FullBatchRecipe(L.LightningModule):
         self.log("train/running", engine.state.active.sum().float())
 
 
-def _names_of(net: torch.nn.Module, params: Sequence[torch.nn.Parameter]) -> list[str]:
-    ids = {id(p) for p in params}
-    return [name for name, p in net.named_parameters() if id(p) in ids]
-
-
 class MinibatchRecipe(L.LightningModule):
     """Minibatch SGD (with momentum) or Adam on the same objective, for practitioner-style runs.
 
@@ -149,7 +144,7 @@ class MinibatchRecipe(L.LightningModule):
         super().__init__()
         self.net = net
         self.terms = list(terms)
-        self._trainable_names = _names_of(net, trainable)
+        self._trainable_names = parameter_names(net, trainable)
         self.lr = lr
         self.optimizer_name = optimizer
         self.momentum = momentum

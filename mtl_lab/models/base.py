@@ -48,6 +48,14 @@ class SharedTrunkNetwork(nn.Module, ABC):
     def forward(self, x: Tensor, task: str) -> Tensor:
         """f_task(x) for every member: x (n, d) or (K, n, d) -> (K, n)."""
 
+    def linear_readout(self, task: str) -> Tensor | None:
+        """βᵗ (K, d) when f_t(x) = ⟨βᵗ, x⟩ is linear in the input, else None.
+
+        Networks that are linear in x (the diagonal network) expose βᵗ so that the engine can
+        evaluate each sample on only the members that use it (see ``engine.objective``).
+        """
+        return None
+
     @abstractmethod
     def features(self, x: Tensor) -> Tensor:
         """The trunk's output representation h(x): (K, n, H)."""

@@ -55,6 +55,9 @@ class DiagonalNetwork(SharedTrunkNetwork):
         """βᵗ = w₊∘v₊ᵗ − w₋∘v₋ᵗ, shape (K, d)."""
         return self.w_plus * self.v_plus[task] - self.w_minus * self.v_minus[task]
 
+    def linear_readout(self, task: str) -> Tensor:
+        return self.beta(task)
+
     def forward(self, x: Tensor, task: str) -> Tensor:
         check_input(x, self.ensemble_size)
         b = self.beta(task)
