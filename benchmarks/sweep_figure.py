@@ -7,8 +7,9 @@ steps, threshold 1e-10. The plain estimate times a sample of the same runs, each
 process (benchmarks/plain_run.py), and scales it to the sweep's run count per regime.
 Targets: the lab ≥ 10× faster than the estimate, and the full sweep under 30 minutes on 2 cores.
 
-python benchmarks/sweep_figure.py [--quick] [--executor ray]
+python benchmarks/sweep_figure.py [--quick] [--jobs N | --executor ray]
   --quick: budget 1e4, n_main ∈ {16, 64, 256}, 1 seed (a few minutes)
+  --jobs N: the local executor with N worker processes (default 1: in-process)
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--executor", default="local", choices=["local", "ray"])
+    parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--lr", type=float, default=0.05)
     args = parser.parse_args()
     budget = 10_000 if args.quick else 100_000
@@ -71,7 +73,8 @@ def main() -> None:
         plan = plan_sweep(path)
         print(f"machine: {platform.machine()}; {plan.describe()}", flush=True)
         t0 = time.perf_counter()
-        results = run_sweep(path, Path(tmp) / "out", executor=args.executor, progress=True)
+        results = run_sweep(path, Path(tmp) / "out", executor=args.executor, progress=True,
+                            jobs=args.jobs)
         lab = time.perf_counter() - t0
         per_regime = results.groupby("regime").size().to_dict()
         # the plain baseline on a sample of the same runs: per regime, the two corners
@@ -79,8 +82,12 @@ def main() -> None:
         sample = {r: sum(plain_seconds(r, o, n, 0, budget, args.lr) for o, n in corners) / 2
                   for r in REGIMES}
     estimate = sum(sample[r] * per_regime.get(r, 0) for r in REGIMES)
-    print(f"\nlab ({args.executor}): {len(results)} runs in {lab / 60:.1f} min; status: "
+    how = "ray" if args.executor == "ray" else f"local, {args.jobs} job(s)"
+    print(f"\nlab ({how}): {len(results)} runs in {lab / 60:.1f} min; status: "
           f"{results['status'].value_counts().to_dict()}")
+    walls = results.groupby("regime")["train_wall_time"].sum()
+    print("lab training wall time per regime (s, summed over groups): "
+          + ", ".join(f"{r} {walls.get(r, 0):.0f}" for r in REGIMES))
     print("plain one-process-per-run sample (s/run): "
           + ", ".join(f"{r} {s:.1f}" for r, s in sample.items()))
     print(f"plain estimate: {estimate / 60:.1f} min → the lab is {estimate / lab:.1f}× faster "

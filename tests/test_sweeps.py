@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from mtl_lab.cli import main
-from mtl_lab.config import ConfigError
+from mtl_lab.config import ConfigError, validate_config
 from mtl_lab.sweeps.run import plan_sweep, results_dataset, run_sweep
 from mtl_lab.sweeps.spec import SweepSpec, expand
 from tests.conftest import tiny_raw
@@ -110,6 +110,29 @@ def test_ray_executor_gives_the_local_results(tmp_path):
     for col in ("test_loss_main", "train_loss", "steps"):
         pd.testing.assert_series_equal(merged[col], merged[f"{col}_ray"], check_names=False,
                                        rtol=1e-3)
+
+
+def test_local_worker_processes_give_the_sequential_results(tmp_path):
+    """--jobs 2 trains groups in two spawned worker processes (one thread each)."""
+    path = _sweep_file(tmp_path, axes={"seeds": [[0], [1]]})
+    local = run_sweep(path, tmp_path / "local", progress=False)
+    pooled = run_sweep(path, tmp_path / "pool", progress=False, jobs=2)
+    merged = local.merge(pooled, on="run_id", suffixes=("", "_pool"))
+    assert len(merged) == len(local) == len(pooled) == 8
+    for col in ("test_loss_main", "train_loss", "steps"):
+        pd.testing.assert_series_equal(merged[col], merged[f"{col}_pool"], check_names=False,
+                                       rtol=1e-3)
+    with pytest.raises(ConfigError, match="jobs"):
+        run_sweep(path, tmp_path / "bad", progress=False, jobs=0)
+
+
+def test_groups_start_longest_first():
+    from mtl_lab.sweeps.execute import longest_first
+    from mtl_lab.sweeps.plan import group_runs, runs_of
+
+    cfg = validate_config(tiny_raw(**{"regimes": ["stl", "mtl"], "n_main": [8, 32]}))
+    groups = longest_first(group_runs(runs_of(cfg)))
+    assert [g[0].regime for g in groups] == ["mtl", "stl"]  # aux + main samples per step
 
 
 def test_results_export_and_dataset(tmp_path, capsys):

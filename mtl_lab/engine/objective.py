@@ -134,12 +134,12 @@ class BandedLinearSquaredError(torch.autograd.Function):
         weighted = []
         for r0, r1, m in bands:
             if x.dim() == 2:
-                pred = (x[r0:r1] @ beta[:m].T).T
+                err = beta[:m] @ x[r0:r1].T  # (m, rows), contiguous
             else:
-                pred = torch.bmm(x[:m, r0:r1], beta[:m].unsqueeze(2)).squeeze(2)
-            err = pred - y[:m, r0:r1]
+                err = torch.bmm(x[:m, r0:r1], beta[:m].unsqueeze(2)).squeeze(2)
+            err.sub_(y[:m, r0:r1])
             w = c[:m, r0:r1] * err
-            loss[:m] += (w * err).sum(1)
+            loss[:m] += torch.linalg.vecdot(w, err)
             weighted.append(w)
         ctx.bands = bands
         ctx.save_for_backward(x, *weighted)
@@ -151,12 +151,11 @@ class BandedLinearSquaredError(torch.autograd.Function):
         x, *weighted = ctx.saved_tensors
         g = grad.new_zeros(ctx.members, x.shape[-1])
         for (r0, r1, m), w in zip(ctx.bands, weighted):
-            scaled = w * (2.0 * grad[:m]).unsqueeze(1)
             if x.dim() == 2:
-                g[:m].addmm_(scaled, x[r0:r1])
+                g[:m].addmm_(w, x[r0:r1])
             else:
-                g[:m] += torch.bmm(scaled.unsqueeze(1), x[:m, r0:r1]).squeeze(1)
-        return g, None, None, None, None
+                g[:m] += torch.bmm(w.unsqueeze(1), x[:m, r0:r1]).squeeze(1)
+        return g.mul_((2.0 * grad).unsqueeze(1)), None, None, None, None
 
 
 def term_loss(net: SharedTrunkNetwork, term: LossTerm) -> Tensor:

@@ -1,19 +1,29 @@
 """Train groups of runs and gather their rows into one atomically written results store.
 
-Executors: ``local`` trains the groups in this process, one after the other; ``ray`` submits
-each group as a Ray task (``ray.init(address)``; a local instance when no address is given) and
-gathers rows as tasks finish. Either way a group's rows are written the moment it finishes, so a
-process killed at any point loses at most the groups in flight, and a restart trains only the
-runs that have no row yet.
+Executors: ``local`` trains the groups in this process, one after the other, or with
+``jobs > 1`` in that many worker processes on this machine (each with its share of the CPU
+threads); ``ray`` submits each group as a Ray task (``ray.init(address)``; a local instance when
+no address is given) and gathers rows as tasks finish. Groups start longest first.
+
+On a CPU, a full-batch step of a small ensemble is partly Python overhead on one core, so two
+single-threaded workers on two cores outrun one two-threaded process (benchmarks/README.md).
+Thread counts change the low-order bits of float sums: the same config, seed and ``jobs`` give
+the same numbers on the same machine.
+
+Whatever the executor, a group's rows are written the moment it finishes, so a process killed at
+any point loses at most the groups in flight, and a restart trains only the runs that have no
+row yet.
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import pandas as pd
@@ -132,16 +142,19 @@ def preflight(out_dir: Path) -> pd.DataFrame:
 
 
 def execute(runs: Sequence[RunSpec], out_dir: str | Path, executor: str = "local",
-            address: str | None = None, progress: bool = True, description: str = "runs"
+            address: str | None = None, progress: bool = True, description: str = "runs",
+            jobs: int = 1,
             ) -> pd.DataFrame:
     """Train every run without a row in ``out_dir``'s results; return the rows of ``runs``."""
     if executor not in EXECUTORS:
         raise ConfigError(f"unknown executor {executor!r}: use one of {EXECUTORS}")
+    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
+        raise ConfigError(f"jobs must be a whole number ≥ 1, got {jobs!r}")
     out_dir = Path(out_dir)
     existing = preflight(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     done = set(existing["run_id"]) if not existing.empty else set()
-    groups = group_runs(r for r in runs if r.run_id not in done)
+    groups = longest_first(group_runs(r for r in runs if r.run_id not in done))
     total = len({r.run_id for r in runs})
     table = [existing]
     bar = tqdm(total=total, initial=total - sum(map(len, groups)), desc=description,
@@ -152,24 +165,59 @@ def execute(runs: Sequence[RunSpec], out_dir: str | Path, executor: str = "local
         write_results(out_dir, pd.concat(table, ignore_index=True))
         bar.update(len(rows))
 
-    run_groups = _ray_groups if executor == "ray" else _local_groups
-    run_groups(groups, out_dir, progress, address, gather, bar)
+    if executor == "ray":
+        _ray_groups(groups, out_dir, address, gather, bar)
+    elif jobs > 1:
+        _pool_groups(groups, out_dir, jobs, gather, bar)
+    else:
+        _local_groups(groups, out_dir, progress, gather, bar)
     bar.close()
     everything = pd.concat(table, ignore_index=True)
     ids = {r.run_id for r in runs}
     return everything[everything["run_id"].isin(ids)].reset_index(drop=True)
 
 
-def _local_groups(groups, out_dir: Path, progress: bool, address, gather: Callable, bar
-                  ) -> None:
+def group_cost(group: Sequence[RunSpec]) -> int:
+    """A rough cost of a group: members × step budget × samples per step (pretraining aside)."""
+    cfg = group[0].cfg
+    params = cfg.task.params
+    samples = max(r.n_main for r in group) + (params.get("n_aux", 0) if group[0].regime == "mtl"
+                                              else 0)
+    return len(group) * cfg.training.max_steps * max(samples, 1)
+
+
+def longest_first(groups: list[list[RunSpec]]) -> list[list[RunSpec]]:
+    """Groups by decreasing cost (stable), so that parallel workers finish close together."""
+    return sorted(groups, key=group_cost, reverse=True)
+
+
+def _describe(group: Sequence[RunSpec]) -> str:
+    return f"{REGIME_LABELS[group[0].regime]} seed {group[0].seed} ({len(group)} runs)"
+
+
+def _local_groups(groups, out_dir: Path, progress: bool, gather: Callable, bar) -> None:
     for group in groups:
-        bar.set_postfix_str(f"{REGIME_LABELS[group[0].regime]} seed {group[0].seed} "
-                            f"({len(group)} runs)")
+        bar.set_postfix_str(_describe(group))
         gather(train_group(group, out_dir, progress))
 
 
-def _ray_groups(groups, out_dir: Path, progress: bool, address, gather: Callable, bar
-                ) -> None:
+def _worker_threads(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def _pool_groups(groups, out_dir: Path, jobs: int, gather: Callable, bar) -> None:
+    """Train groups in ``jobs`` fresh worker processes sharing this machine's cores."""
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    context = multiprocessing.get_context("spawn")  # no forked torch thread pools
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_threads,
+                             initargs=(threads,)) as pool:
+        pending = {pool.submit(train_group, list(g), str(out_dir), False): g for g in groups}
+        for future in as_completed(pending):
+            bar.set_postfix_str(_describe(pending[future]))
+            gather(future.result())
+
+
+def _ray_groups(groups, out_dir: Path, address, gather: Callable, bar) -> None:
     try:
         import ray
     except ImportError as err:
@@ -184,8 +232,7 @@ def _ray_groups(groups, out_dir: Path, progress: bool, address, gather: Callable
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             for ref in ready:
-                group = pending.pop(ref)
-                bar.set_postfix_str(f"{REGIME_LABELS[group[0].regime]} seed {group[0].seed}")
+                bar.set_postfix_str(_describe(pending.pop(ref)))
                 gather(ray.get(ref))
     finally:
         if started:

@@ -62,14 +62,19 @@ def sweep_dir(plan: SweepPlan, output: str | Path | None = None) -> Path:
 
 
 def run_sweep(path: str | Path, output: str | Path | None = None, executor: str = "local",
-              address: str | None = None, progress: bool = True) -> pd.DataFrame:
-    """Train every pending run of a sweep file; return the sweep's results table."""
+              address: str | None = None, progress: bool = True, jobs: int = 1
+              ) -> pd.DataFrame:
+    """Train every pending run of a sweep file; return the sweep's results table.
+
+    ``jobs`` > 1 trains that many groups at once in local worker processes (executor local).
+    """
     plan = plan_sweep(path)
     out = sweep_dir(plan, output)
     out.mkdir(parents=True, exist_ok=True)
     (out / "sweep.yaml").write_text(yaml.safe_dump(plan.spec.model_dump(mode="json"),
                                                    sort_keys=False))
-    return execute(plan.runs, out, executor, address, progress, description=plan.spec.name)
+    return execute(plan.runs, out, executor, address, progress, description=plan.spec.name,
+                   jobs=jobs)
 
 
 def results_table(folder: str | Path) -> pd.DataFrame:
