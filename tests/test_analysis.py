@@ -152,7 +152,7 @@ def test_analyze_logs_figures_to_wandb_when_enabled(tmp_path):
     out = analyze(tmp_path, progress=False)
     ids = set(pd.read_parquet(tmp_path / "results.parquet")["wandb_id"])
     (new_run,) = {p for p in set((tmp_path / "wandb").glob("offline-run-*")) - before
-                  if p.name.rsplit("-", 1)[-1] not in ids}
+                  if _wandb_run_id(p) not in ids}
     history, _ = read_wandb_history(next(new_run.glob("run-*.wandb")))
     logged = set().union(*history)
     for path in out["figures"]:  # images are logged as nested records with a _type
@@ -161,11 +161,18 @@ def test_analyze_logs_figures_to_wandb_when_enabled(tmp_path):
     # each training run's own wandb run gets its analyzer summary and per-unit table
     results = pd.read_parquet(tmp_path / "results.parquet")
     for run_id, wandb_id in zip(results["run_id"], results["wandb_id"]):
-        segments = sorted((tmp_path / "wandb").glob(f"offline-run-*-{wandb_id}"))
+        segments = sorted(p for p in (tmp_path / "wandb").glob("offline-run-*")
+                          if _wandb_run_id(p) == wandb_id)
         assert len(segments) == 2  # the training segment and the analysis segment
         history, summary = read_wandb_history(next(segments[-1].glob("run-*.wandb")))
         assert "analysis/path_norm_l1" in summary and "analysis/main_share_on_aux" in summary
         assert any("units/_type" in row for row in history), run_id
+
+
+def _wandb_run_id(folder) -> str:
+    """The run id in an offline run folder's name: offline-run-<time>-<id>, where wandb appends
+    -1, -2, … when a resumed segment starts within the same second as the previous one."""
+    return folder.name.split("-")[3]
 
 
 def test_weight_change_measures():
