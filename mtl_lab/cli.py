@@ -77,13 +77,17 @@ def _cmd_results(args: argparse.Namespace) -> int:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from mtl_lab.sweeps.report import write_report
-    from mtl_lab.sweeps.run import results_table
+    from mtl_lab.sweeps.run import folder_logging, results_table
 
     table = results_table(args.folder)
     if table.empty:
         raise ConfigError(f"no results.parquet in {args.folder}")
-    path = write_report(table, Path(args.folder), title=args.title or Path(args.folder).name)
-    print(f"report: {path}")
+    wandb = dict(folder_logging(args.folder).get("wandb") or {})
+    if args.wandb:
+        wandb["enabled"] = True
+    path = write_report(table, Path(args.folder), title=args.title or Path(args.folder).name,
+                        wandb=wandb)
+    print(f"report: {path}" + ("; figures logged to wandb" if wandb.get("enabled") else ""))
     return 0
 
 
@@ -133,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="HTML report with figures for a sweep folder")
     rep.add_argument("folder")
     rep.add_argument("--title")
+    rep.add_argument("--wandb", action="store_true",
+                     help="also log the figures and table to wandb (offline unless the sweep's "
+                          "logging.wandb.mode says online); on by default when the sweep logged")
     rep.set_defaults(func=_cmd_report)
     fam = sub.add_parser("families", help="list the registered task families")
     fam.set_defaults(func=_cmd_families)

@@ -95,6 +95,20 @@ def add_to_wandb_run(cfg_logging: dict[str, Any], out_dir: Path, run_id: str,
     run.finish()
 
 
+def log_figures_run(wandb_cfg: dict[str, Any], out_dir: Path, group: str | None, job_type: str,
+                    tables: dict[str, Any], figures: list[Path]) -> str:
+    """One wandb run in ``group`` holding tables (name → DataFrame) and PNG figures (logged as
+    ``figures/<file stem>``), for the analysis and sweep reports. Returns the run id."""
+    import wandb
+
+    run = start_wandb_run(wandb_cfg, out_dir, group=group, job_type=job_type, name=job_type)
+    run.log({**{name: wandb.Table(dataframe=frame) for name, frame in tables.items()},
+             **{f"figures/{p.stem}": wandb.Image(str(p)) for p in figures}})
+    run_id = run.id
+    run.finish()
+    return run_id
+
+
 def read_wandb_history(path: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Read an offline ``run-*.wandb`` file: (history rows, final summary).
 

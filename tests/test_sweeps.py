@@ -161,3 +161,27 @@ def test_sweep_and_report_reproduce_shared_vs_disjoint(tmp_path):
         assert png.stat().st_size > 5000 and png.name in html
     means = results.groupby(["config.task.params.correlation", "regime"])["test_loss_main"].mean()
     assert means[1.0]["ptft"] < means[1.0]["stl"] and means[1.0]["mtl"] < means[1.0]["stl"]
+
+
+def test_report_logs_its_figures_and_table_to_wandb(tmp_path):
+    """A sweep that logged to wandb gets its report logged too (offline), as one 'report' run;
+    --wandb does it for a sweep that did not."""
+    from mtl_lab.tracking import read_wandb_history
+
+    base = tiny_raw(**{"regimes": ["stl", "ptft"], "training.max_steps": 300,
+                       "logging.wandb": {"enabled": True}})
+    run_sweep(_sweep_file(tmp_path, base=base), tmp_path / "logged", progress=False)
+    run_sweep(_sweep_file(tmp_path, name="plain.yaml"), tmp_path / "plain", progress=False)
+    assert not (tmp_path / "plain" / "wandb").exists()
+    assert main(["report", str(tmp_path / "logged")]) == 0
+    assert main(["report", str(tmp_path / "plain"), "--wandb"]) == 0
+    for folder in ("logged", "plain"):
+        training = set(pd.read_parquet(tmp_path / folder / "results.parquet")
+                       .get("wandb_id", pd.Series(dtype=str)).dropna())
+        (report_run,) = [p for p in (tmp_path / folder / "wandb").glob("offline-run-*")
+                         if p.name.split("-")[3] not in training]
+        history, _ = read_wandb_history(next(report_run.glob("run-*.wandb")))
+        logged = set().union(*history)
+        figures = list((tmp_path / folder / "report" / "figures").glob("*.png"))
+        assert figures and all(f"figures/{png.stem}/_type" in logged for png in figures)
+        assert "results/_type" in logged

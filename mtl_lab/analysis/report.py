@@ -72,15 +72,10 @@ def _log_to_wandb(run_dir: Path, analysis: pd.DataFrame, units: pd.DataFrame,
     wb = (cfg.get("logging") or {}).get("wandb") or {}
     if not wb.get("enabled"):
         return
-    import wandb
-
-    from mtl_lab.tracking import start_wandb_run
+    from mtl_lab.tracking import log_figures_run
 
     _add_to_run_wandb(run_dir, cfg.get("logging") or {}, analysis, units)
-    run = start_wandb_run(wb, run_dir, group=cfg.get("name"), job_type="analysis",
-                          name="analysis")
     numeric = analysis.select_dtypes("number")
     table = pd.concat([analysis[["run_id", "regime", "seed", "n_main"]], numeric], axis=1)
-    run.log({"analysis": wandb.Table(dataframe=table.loc[:, ~table.columns.duplicated()]),
-             **{f"figures/{p.stem}": wandb.Image(str(p)) for p in figures}})
-    run.finish()
+    log_figures_run(wb, run_dir, cfg.get("name"), "analysis",
+                    {"analysis": table.loc[:, ~table.columns.duplicated()]}, figures)

@@ -408,8 +408,14 @@ def sparsity_column(axes: list[str]) -> str | None:
     return next((a for a in axes if a.rsplit(".", 1)[-1] in SPARSITY_NAMES), None)
 
 
-def write_report(results: pd.DataFrame, out_dir: str | Path, title: str = "Sweep report") -> Path:
-    """Write ``out_dir/report/figures/*.png`` and ``out_dir/report/index.html``; return the page."""
+def write_report(results: pd.DataFrame, out_dir: str | Path, title: str = "Sweep report",
+                 wandb: dict | None = None) -> Path:
+    """Write ``out_dir/report/figures/*.png`` and ``out_dir/report/index.html``; return the page.
+
+    With ``wandb`` settings that are enabled (``{"enabled": True, "mode": "offline", ...}``, the
+    ``logging.wandb`` section of a config), the figures and the results table also go to one
+    wandb run (job type 'report', grouped under ``title``).
+    """
     root = Path(out_dir) / "report"
     figures = root / "figures"
     figures.mkdir(parents=True, exist_ok=True)
@@ -421,6 +427,14 @@ def write_report(results: pd.DataFrame, out_dir: str | Path, title: str = "Sweep
     items.append(_sparsity_item(data, axes, facet, figures))
     page = root / "index.html"
     page.write_text(_html(title, results, data, axes, items), encoding="utf-8")
+    if wandb and wandb.get("enabled"):
+        from mtl_lab.tracking import log_figures_run
+
+        ids = [c for c in ("run_id", "regime", "seed", "n_main") if c in results]
+        table = pd.concat([results[ids], results.select_dtypes("number")], axis=1)
+        log_figures_run(wandb, Path(out_dir), title, "report",
+                        {"results": table.loc[:, ~table.columns.duplicated()]},
+                        [root / it.file for it in items if it.file])
     return page
 
 

@@ -13,6 +13,8 @@ from mtl_lab.sweeps.execute import execute, read_results
 from mtl_lab.sweeps.plan import RunSpec, group_runs, runs_of
 from mtl_lab.sweeps.spec import SweepPoint, SweepSpec, load_sweep
 
+LOGGING_FILE = "logging.yaml"  # the sweep's logging settings, read back by `mtl-lab report`
+
 
 @dataclass
 class SweepPlan:
@@ -71,10 +73,23 @@ def run_sweep(path: str | Path, output: str | Path | None = None, executor: str 
     plan = plan_sweep(path)
     out = sweep_dir(plan, output)
     out.mkdir(parents=True, exist_ok=True)
+    logging = plan.points[0].cfg.logging.model_dump(mode="json") if plan.points else {}
+    (out / LOGGING_FILE).write_text(yaml.safe_dump(logging, sort_keys=False))
     (out / "sweep.yaml").write_text(yaml.safe_dump(plan.spec.model_dump(mode="json"),
                                                    sort_keys=False))
     return execute(plan.runs, out, executor, address, progress, description=plan.spec.name,
                    jobs=jobs)
+
+
+def folder_logging(folder: str | Path) -> dict:
+    """The logging settings a sweep folder (``logging.yaml``) or a comparison folder (the
+    ``logging`` section of ``config.yaml``) was trained with; {} when neither file exists."""
+    folder = Path(folder)
+    if (folder / LOGGING_FILE).is_file():
+        return yaml.safe_load((folder / LOGGING_FILE).read_text()) or {}
+    if (folder / "config.yaml").is_file():
+        return (yaml.safe_load((folder / "config.yaml").read_text()) or {}).get("logging") or {}
+    return {}
 
 
 def results_table(folder: str | Path) -> pd.DataFrame:
