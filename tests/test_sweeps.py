@@ -1,6 +1,7 @@
 """Sweeps: expansion and validation, batching across points, kill-and-resume, Ray == local."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -100,11 +101,14 @@ def test_killed_sweep_resumes_without_losing_or_changing_runs(tmp_path):
                                    check_names=False, rtol=1e-6)
 
 
-def test_ray_executor_gives_the_local_results(tmp_path):
+def test_ray_executor_gives_the_local_results(tmp_path, capfd):
     pytest.importorskip("ray")
     path = _sweep_file(tmp_path, axes={"seeds": [[0], [1]]})
     local = run_sweep(path, tmp_path / "local", progress=False)
-    ray_results = run_sweep(path, tmp_path / "ray", executor="ray", progress=False)
+    capfd.readouterr()
+    ray_results = run_sweep(path, tmp_path / "ray", executor="ray", progress=True)
+    shown = capfd.readouterr().err
+    assert re.search(r"STL seed 1 \(\d runs\) stl: .*\d+/300 .*step", shown), shown[-2000:]
     merged = local.merge(ray_results, on="run_id", suffixes=("", "_ray"))
     assert len(merged) == len(local) == len(ray_results) == 8
     for col in ("test_loss_main", "train_loss", "steps"):
@@ -112,11 +116,15 @@ def test_ray_executor_gives_the_local_results(tmp_path):
                                        rtol=1e-3)
 
 
-def test_local_worker_processes_give_the_sequential_results(tmp_path):
-    """--jobs 2 trains groups in two spawned worker processes (one thread each)."""
+def test_local_worker_processes_give_the_sequential_results(tmp_path, capfd):
+    """--jobs 2 trains groups in two spawned worker processes (one thread each), whose step
+    progress shows as one bar per group in the launching process."""
     path = _sweep_file(tmp_path, axes={"seeds": [[0], [1]]})
     local = run_sweep(path, tmp_path / "local", progress=False)
-    pooled = run_sweep(path, tmp_path / "pool", progress=False, jobs=2)
+    capfd.readouterr()
+    pooled = run_sweep(path, tmp_path / "pool", progress=True, jobs=2)
+    shown = capfd.readouterr().err
+    assert re.search(r"PT\+FT seed 1 \(\d runs\) ptft: .*\d+/300 .*step", shown), shown[-2000:]
     merged = local.merge(pooled, on="run_id", suffixes=("", "_pool"))
     assert len(merged) == len(local) == len(pooled) == 8
     for col in ("test_loss_main", "train_loss", "steps"):

@@ -7,7 +7,7 @@ Lightning's per-step overhead is paid once per chunk, not once per gradient step
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import lightning as L
 import torch
@@ -190,27 +190,40 @@ def minibatch_loader(terms: Sequence[LossTerm], batch_size: int, seed: int) -> D
 
 
 class GDProgress(L.Callback):
-    """A progress bar in gradient steps (not Lightning steps) for full-batch recipes."""
+    """A progress bar in gradient steps (not Lightning steps) for full-batch recipes.
 
-    def __init__(self, description: str = "train", leave: bool = False) -> None:
+    With ``sink``, progress goes to ``sink(description, done, total, postfix)`` instead of a bar
+    of its own (worker processes report to the bars of the process that launched them).
+    """
+
+    def __init__(self, description: str = "train", leave: bool = False,
+                 sink: Callable[[str, int, int, dict], None] | None = None) -> None:
         self.description = description
         self.leave = leave
+        self.sink = sink
         self.bar: tqdm | None = None
+        self.total = 0
 
     def on_train_start(self, trainer: L.Trainer, module: FullBatchRecipe) -> None:
-        total = module.settings.max_steps * len(module.member_groups)
-        self.bar = tqdm(total=total, desc=self.description, leave=self.leave, unit="step",
-                        dynamic_ncols=True)
+        self.total = module.settings.max_steps * len(module.member_groups)
+        if self.sink is None:
+            self.bar = tqdm(total=self.total, desc=self.description, leave=self.leave,
+                            unit="step", dynamic_ncols=True)
 
     def on_train_batch_end(self, trainer, module: FullBatchRecipe, outputs, batch, idx) -> None:
         state = module.engine.state
         per = module.settings.max_steps
         running = bool(state.active.any())
-        done = module.current * per + (min(int(state.steps.max()), per) if running else 0)
-        self.bar.n = min(done, self.bar.total)
+        done = min(module.current * per + (min(int(state.steps.max()), per) if running else 0),
+                   self.total)
         loss = state.loss[torch.isfinite(state.loss)]
         mean = float(loss.mean()) if loss.numel() else math.nan
-        self.bar.set_postfix(running=int(state.active.sum()), loss=f"{mean:.2e}", refresh=False)
+        postfix = {"running": int(state.active.sum()), "loss": f"{mean:.2e}"}
+        if self.sink is not None:
+            self.sink(self.description, done, self.total, postfix)
+            return
+        self.bar.n = done
+        self.bar.set_postfix(postfix, refresh=False)
         self.bar.refresh()
 
     def on_train_end(self, trainer, module) -> None:

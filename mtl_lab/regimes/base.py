@@ -48,7 +48,7 @@ class GroupContext:
 
     cfg: ComparisonConfig
     out_dir: Path | None = None
-    progress: bool = True
+    progress: bool | Callable[[str, int, int, dict], None] = True  # or a GDProgress sink
     loggers: Callable[[str], list] = field(default=lambda name: [])
     pretrain_store: Any = None
 
@@ -146,7 +146,8 @@ def _fit(net, terms, trainable, lr, training: TrainingConfig, ctx: GroupContext,
         chunk = member_chunks(net, terms, training.max_ensemble_mb)
         recipe = FullBatchRecipe(net, terms, params, lr, settings, training.steps_per_call,
                                  dtype, member_chunk=chunk)
-        callbacks = [GDProgress(name)] if ctx.progress else []
+        sink = ctx.progress if callable(ctx.progress) else None
+        callbacks = [GDProgress(name, sink=sink)] if ctx.progress else []
         if ctx.cfg.logging.monitors:
             from mtl_lab.analysis.callbacks import default_monitors
 

@@ -21,9 +21,11 @@ import json
 import multiprocessing
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -92,9 +94,12 @@ def run_row(spec: RunSpec, metrics: dict, wall: float, size: int) -> dict:
     }
 
 
-def train_group(group: Sequence[RunSpec], out_dir: str | Path, progress: bool = False
-                ) -> list[dict]:
-    """Train one batched group; save its checkpoints and wandb runs; return its rows."""
+def train_group(group: Sequence[RunSpec], out_dir: str | Path,
+                progress: bool | Callable[[str, int, int, dict], None] = False) -> list[dict]:
+    """Train one batched group; save its checkpoints and wandb runs; return its rows.
+
+    ``progress``: step bars of its own, or a sink that receives (phase, done, total, postfix).
+    """
     from mtl_lab.analysis.summary import run_summary
     from mtl_lab.regimes import REGIME_FUNCTIONS, GroupContext, Member, PretrainStore
     from mtl_lab.tracking import group_loggers, log_run_to_wandb, quiet_lightning
@@ -166,9 +171,9 @@ def execute(runs: Sequence[RunSpec], out_dir: str | Path, executor: str = "local
         bar.update(len(rows))
 
     if executor == "ray":
-        _ray_groups(groups, out_dir, address, gather, bar)
+        _ray_groups(groups, out_dir, progress, address, gather, bar)
     elif jobs > 1:
-        _pool_groups(groups, out_dir, jobs, gather, bar)
+        _pool_groups(groups, out_dir, jobs, progress, gather, bar)
     else:
         _local_groups(groups, out_dir, progress, gather, bar)
     bar.close()
@@ -205,21 +210,91 @@ def _worker_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _pool_groups(groups, out_dir: Path, jobs: int, gather: Callable, bar) -> None:
+class QueueSink:
+    """A picklable GDProgress sink: a worker's step progress for one group, sent to a queue."""
+
+    def __init__(self, queue, group: str) -> None:
+        self.queue = queue
+        self.group = group
+
+    def __call__(self, phase: str, done: int, total: int, postfix: dict) -> None:
+        self.queue.put((self.group, phase, done, total, postfix))
+
+
+def _show_worker_progress(queue, slots: int) -> None:
+    """Per-group step bars under the runs bar, fed by the workers' QueueSinks.
+
+    Messages: (group, phase, done, total, postfix); (group, None, …) closes a group's bar;
+    None ends the loop.
+    """
+    bars: dict[str, tuple[tqdm, int]] = {}
+    free = list(range(1, slots + 1))
+    while (message := queue.get()) is not None:
+        group, phase, done, total, postfix = message
+        if phase is None:
+            if group in bars:
+                closed, position = bars.pop(group)
+                closed.close()
+                free.append(position)
+            continue
+        if group not in bars:
+            position = free.pop(0) if free else slots + 1
+            bars[group] = (tqdm(total=total, position=position, leave=False, unit="step",
+                                dynamic_ncols=True), position)
+        bar = bars[group][0]
+        bar.set_description_str(f"{group} {phase}", refresh=False)
+        bar.total, bar.n = total, done
+        bar.set_postfix(postfix, refresh=False)
+        bar.refresh()
+    for bar, _ in bars.values():
+        bar.close()
+
+
+@contextmanager
+def _worker_bars(queue, slots: int, enabled: bool):
+    """Show the workers' per-group step bars (from their QueueSinks) while the block runs."""
+    shown = threading.Thread(target=_show_worker_progress, args=(queue, slots), daemon=True)
+    if enabled:
+        shown.start()
+    try:
+        yield
+    finally:
+        if enabled:
+            queue.put(None)
+            shown.join()
+
+
+def _sink(queue, group: Sequence[RunSpec], enabled: bool) -> QueueSink | bool:
+    return QueueSink(queue, _describe(group)) if enabled else False
+
+
+def _finished(queue, group: Sequence[RunSpec], bar, enabled: bool) -> None:
+    """A group's rows arrived: close its step bar, name it on the runs bar."""
+    if enabled:
+        queue.put((_describe(group), None, 0, 0, {}))
+    bar.set_postfix_str(_describe(group))
+
+
+def _pool_groups(groups, out_dir: Path, jobs: int, progress: bool, gather: Callable, bar
+                 ) -> None:
     """Train groups in ``jobs`` fresh worker processes sharing this machine's cores."""
     threads = max(1, (os.cpu_count() or 1) // jobs)
     context = multiprocessing.get_context("spawn")  # no forked torch thread pools
-    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_threads,
-                             initargs=(threads,)) as pool:
-        pending = {pool.submit(train_group, list(g), str(out_dir), False): g for g in groups}
-        for future in as_completed(pending):
-            bar.set_postfix_str(_describe(pending[future]))
-            gather(future.result())
+    with context.Manager() as manager, ProcessPoolExecutor(
+            jobs, mp_context=context, initializer=_worker_threads, initargs=(threads,)) as pool:
+        queue = manager.Queue()
+        with _worker_bars(queue, jobs, progress):
+            pending = {pool.submit(train_group, list(g), str(out_dir), _sink(queue, g, progress)):
+                       g for g in groups}
+            for future in as_completed(pending):
+                _finished(queue, pending[future], bar, progress)
+                gather(future.result())
 
 
-def _ray_groups(groups, out_dir: Path, address, gather: Callable, bar) -> None:
+def _ray_groups(groups, out_dir: Path, progress: bool, address, gather: Callable, bar) -> None:
     try:
         import ray
+        from ray.util.queue import Queue
     except ImportError as err:
         raise ConfigError("the ray executor needs Ray: pip install -e '.[ray]'") from err
     started = not ray.is_initialized()
@@ -228,12 +303,16 @@ def _ray_groups(groups, out_dir: Path, address, gather: Callable, bar) -> None:
                  ignore_reinit_error=True)
     try:
         remote = ray.remote(num_cpus=1)(train_group)
-        pending = {remote.remote(list(g), str(out_dir), False): g for g in groups}
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            for ref in ready:
-                bar.set_postfix_str(_describe(pending.pop(ref)))
-                gather(ray.get(ref))
+        queue = Queue() if progress else None
+        slots = int(ray.cluster_resources().get("CPU", 1))
+        with _worker_bars(queue, slots, progress):
+            pending = {remote.remote(list(g), str(out_dir), _sink(queue, g, progress)): g
+                       for g in groups}
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                for ref in ready:
+                    _finished(queue, pending.pop(ref), bar, progress)
+                    gather(ray.get(ref))
     finally:
         if started:
             ray.shutdown()
