@@ -286,9 +286,13 @@ def _pool_groups(groups, out_dir: Path, jobs: int, progress: bool, gather: Calla
         with _worker_bars(queue, jobs, progress):
             pending = {pool.submit(train_group, list(g), str(out_dir), _sink(queue, g, progress)):
                        g for g in groups}
-            for future in as_completed(pending):
-                _finished(queue, pending[future], bar, progress)
-                gather(future.result())
+            try:
+                for future in as_completed(pending):
+                    _finished(queue, pending[future], bar, progress)
+                    gather(future.result())
+            except BaseException:  # a failed group or Ctrl-C: start no other group
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
 
 
 def _ray_groups(groups, out_dir: Path, progress: bool, address, gather: Callable, bar) -> None:
