@@ -155,6 +155,8 @@ def execute(runs: Sequence[RunSpec], out_dir: str | Path, executor: str = "local
         raise ConfigError(f"unknown executor {executor!r}: use one of {EXECUTORS}")
     if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
         raise ConfigError(f"jobs must be a whole number ≥ 1, got {jobs!r}")
+    if executor == "ray" and jobs != 1:
+        raise ConfigError("jobs is for the local executor; Ray runs one group per free CPU")
     out_dir = Path(out_dir)
     existing = preflight(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
