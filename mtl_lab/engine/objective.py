@@ -130,7 +130,8 @@ class BandedLinearSquaredError(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, beta: Tensor, x: Tensor, y: Tensor, c: Tensor, bands) -> Tensor:
-        loss = beta.new_zeros(beta.shape[0])
+        k = beta.shape[0]
+        loss = None
         weighted = []
         for r0, r1, m in bands:
             if x.dim() == 2:
@@ -139,22 +140,33 @@ class BandedLinearSquaredError(torch.autograd.Function):
                 err = torch.bmm(x[:m, r0:r1], beta[:m].unsqueeze(2)).squeeze(2)
             err.sub_(y[:m, r0:r1])
             w = c[:m, r0:r1] * err
-            loss[:m] += torch.linalg.vecdot(w, err)
+            part = torch.linalg.vecdot(w, err)
+            if loss is None and m == k:  # the first band usually holds every member
+                loss = part
+            else:
+                loss = beta.new_zeros(k) if loss is None else loss
+                loss[:m] += part
             weighted.append(w)
         ctx.bands = bands
         ctx.save_for_backward(x, *weighted)
-        ctx.members = beta.shape[0]
+        ctx.members = k
         return loss
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         x, *weighted = ctx.saved_tensors
-        g = grad.new_zeros(ctx.members, x.shape[-1])
+        g = None
         for (r0, r1, m), w in zip(ctx.bands, weighted):
+            rows = x[r0:r1] if x.dim() == 2 else x[:m, r0:r1]
+            if g is None and m == ctx.members and x.dim() == 2:
+                g = w @ rows  # the first band usually holds every member: nothing to add to
+                continue
+            if g is None:
+                g = grad.new_zeros(ctx.members, x.shape[-1])
             if x.dim() == 2:
-                g[:m].addmm_(w, x[r0:r1])
+                g[:m].addmm_(w, rows)
             else:
-                g[:m] += torch.bmm(w.unsqueeze(1), x[:m, r0:r1]).squeeze(1)
+                g[:m] += torch.bmm(w.unsqueeze(1), rows).squeeze(1)
         return g.mul_((2.0 * grad).unsqueeze(1)), None, None, None, None
 
 
