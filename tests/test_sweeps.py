@@ -134,7 +134,7 @@ def test_local_worker_processes_give_the_sequential_results(tmp_path, capfd):
         run_sweep(path, tmp_path / "bad", progress=False, jobs=0)
     with pytest.raises(ConfigError, match="jobs is for the local executor"):
         run_sweep(path, tmp_path / "bad", progress=False, jobs=2, executor="ray")
-    assert not (tmp_path / "bad" / "results.parquet").exists()
+    assert not (tmp_path / "bad").exists()  # refused before anything was written
 
 
 def test_groups_start_longest_first():

@@ -146,17 +146,22 @@ def preflight(out_dir: Path) -> pd.DataFrame:
     return existing
 
 
-def execute(runs: Sequence[RunSpec], out_dir: str | Path, executor: str = "local",
-            address: str | None = None, progress: bool = True, description: str = "runs",
-            jobs: int = 1,
-            ) -> pd.DataFrame:
-    """Train every run without a row in ``out_dir``'s results; return the rows of ``runs``."""
+def check_executor(executor: str, jobs: int = 1) -> None:
+    """Refuse an unknown executor or a bad ``jobs`` before anything is written or computed."""
     if executor not in EXECUTORS:
         raise ConfigError(f"unknown executor {executor!r}: use one of {EXECUTORS}")
     if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
         raise ConfigError(f"jobs must be a whole number ≥ 1, got {jobs!r}")
     if executor == "ray" and jobs != 1:
         raise ConfigError("jobs is for the local executor; Ray runs one group per free CPU")
+
+
+def execute(runs: Sequence[RunSpec], out_dir: str | Path, executor: str = "local",
+            address: str | None = None, progress: bool = True, description: str = "runs",
+            jobs: int = 1,
+            ) -> pd.DataFrame:
+    """Train every run without a row in ``out_dir``'s results; return the rows of ``runs``."""
+    check_executor(executor, jobs)
     out_dir = Path(out_dir)
     existing = preflight(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

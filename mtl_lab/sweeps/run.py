@@ -9,7 +9,7 @@ import pandas as pd
 import yaml
 
 from mtl_lab.config import REGIME_LABELS
-from mtl_lab.sweeps.execute import execute, read_results
+from mtl_lab.sweeps.execute import check_executor, execute, read_results
 from mtl_lab.sweeps.plan import RunSpec, group_runs, runs_of
 from mtl_lab.sweeps.spec import SweepPoint, SweepSpec, load_sweep
 
@@ -70,6 +70,7 @@ def run_sweep(path: str | Path, output: str | Path | None = None, executor: str 
 
     ``jobs`` > 1 trains that many groups at once in local worker processes (executor local).
     """
+    check_executor(executor, jobs)
     plan = plan_sweep(path)
     out = sweep_dir(plan, output)
     out.mkdir(parents=True, exist_ok=True)
