@@ -101,35 +101,34 @@ def test_killed_sweep_resumes_without_losing_or_changing_runs(tmp_path):
                                    check_names=False, rtol=1e-6)
 
 
-def test_ray_executor_gives_the_local_results(tmp_path, capfd):
-    pytest.importorskip("ray")
+def _same_results_with_step_bars(tmp_path, capfd, bar: str, **executor) -> None:
+    """A two-seed sweep run with ``executor`` settings equals the in-process one (rtol 1e-3:
+    thread counts change low-order bits), and its workers' step bars reach the terminal."""
     path = _sweep_file(tmp_path, axes={"seeds": [[0], [1]]})
     local = run_sweep(path, tmp_path / "local", progress=False)
     capfd.readouterr()
-    ray_results = run_sweep(path, tmp_path / "ray", executor="ray", progress=True)
+    other = run_sweep(path, tmp_path / "other", progress=True, **executor)
     shown = capfd.readouterr().err
-    assert re.search(r"STL seed 1 \(\d runs\) stl: .*\d+/300 .*step", shown), shown[-2000:]
-    merged = local.merge(ray_results, on="run_id", suffixes=("", "_ray"))
-    assert len(merged) == len(local) == len(ray_results) == 8
+    assert re.search(bar, shown), shown[-2000:]
+    merged = local.merge(other, on="run_id", suffixes=("", "_other"))
+    assert len(merged) == len(local) == len(other) == 8
     for col in ("test_loss_main", "train_loss", "steps"):
-        pd.testing.assert_series_equal(merged[col], merged[f"{col}_ray"], check_names=False,
+        pd.testing.assert_series_equal(merged[col], merged[f"{col}_other"], check_names=False,
                                        rtol=1e-3)
+
+
+def test_ray_executor_gives_the_local_results(tmp_path, capfd):
+    pytest.importorskip("ray")
+    _same_results_with_step_bars(tmp_path, capfd, r"STL seed 1 \(\d runs\) stl: .*\d+/300 .*step",
+                                 executor="ray")
 
 
 def test_local_worker_processes_give_the_sequential_results(tmp_path, capfd):
     """--jobs 2 trains groups in two spawned worker processes (one thread each), whose step
     progress shows as one bar per group in the launching process."""
-    path = _sweep_file(tmp_path, axes={"seeds": [[0], [1]]})
-    local = run_sweep(path, tmp_path / "local", progress=False)
-    capfd.readouterr()
-    pooled = run_sweep(path, tmp_path / "pool", progress=True, jobs=2)
-    shown = capfd.readouterr().err
-    assert re.search(r"PT\+FT seed 1 \(\d runs\) ptft: .*\d+/300 .*step", shown), shown[-2000:]
-    merged = local.merge(pooled, on="run_id", suffixes=("", "_pool"))
-    assert len(merged) == len(local) == len(pooled) == 8
-    for col in ("test_loss_main", "train_loss", "steps"):
-        pd.testing.assert_series_equal(merged[col], merged[f"{col}_pool"], check_names=False,
-                                       rtol=1e-3)
+    _same_results_with_step_bars(tmp_path, capfd,
+                                 r"PT\+FT seed 1 \(\d runs\) ptft: .*\d+/300 .*step", jobs=2)
+    path = tmp_path / "s.yaml"
     with pytest.raises(ConfigError, match="jobs"):
         run_sweep(path, tmp_path / "bad", progress=False, jobs=0)
     with pytest.raises(ConfigError, match="jobs is for the local executor"):

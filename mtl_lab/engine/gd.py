@@ -97,6 +97,7 @@ class FullBatchGD:
         lr: Tensor,
         settings: GDSettings,
         compact: bool = True,
+        initial: Sequence[Tensor] | None = None,
     ) -> None:
         self.net = net
         self.terms = list(terms)
@@ -105,7 +106,9 @@ class FullBatchGD:
         self.compact = compact
         dtype = self.params[0].dtype
         self.state = GDState.start(lr.to(self.params[0].device, dtype))
-        self.initial = [p.detach().clone() for p in self.params]
+        # where a diverged member restarts from (a sub-ensemble gets its members' slices)
+        self.initial = list(initial) if initial is not None else [
+            p.detach().clone() for p in self.params]
         self.steps_run = 0
         self._names = parameter_names(net, self.params)
         self._sub: tuple[Tensor, FullBatchGD] | None = None  # (members, engine stepping them)
@@ -222,8 +225,8 @@ class FullBatchGD:
             self.state.lr[index],
             self.settings,
             compact=False,
+            initial=[p0[index] for p0 in self.initial],
         )
-        sub.initial = [p0[index] for p0 in self.initial]
         s, t = self.state, sub.state
         t.steps, t.restarts, t.loss = s.steps[index], s.restarts[index], s.loss[index]
         self._sub = (index, sub)
