@@ -137,7 +137,13 @@ class LoggingConfig(Strict):
 
 
 class TrainerConfig(Strict):
+    """Where training runs. ``threads``: CPU threads per fit, ``auto`` (chosen from the work of a
+    step and the cores free now, never more than this process's share; see
+    ``mtl_lab.engine.threads``) or a whole number used as given. Thread counts do not change
+    results, so they are not part of a run's identity."""
+
     accelerator: Literal["auto", "cpu", "cuda", "gpu", "mps"] = "auto"
+    threads: Literal["auto"] | PositiveInt = "auto"
 
 
 class ComparisonConfig(Strict):

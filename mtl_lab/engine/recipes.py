@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from mtl_lab.engine.gd import FullBatchGD, GDSettings, max_chunks, parameter_names
 from mtl_lab.engine.objective import LossTerm, member_losses
+from mtl_lab.engine.threads import ThreadGovernor
 from mtl_lab.models.base import SharedTrunkNetwork
 
 
@@ -49,9 +50,11 @@ class FullBatchRecipe(L.LightningModule):
         steps_per_call: int = 1000,
         dtype: torch.dtype = torch.float32,
         member_chunk: int | None = None,
+        governor: ThreadGovernor | None = None,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
+        self.governor = governor
         self.net = net.to(dtype)
         self.terms = list(terms)
         self._trainable_names = parameter_names(net, trainable)
@@ -113,6 +116,8 @@ class FullBatchRecipe(L.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> None:
         engine = self.engines[self.current]
+        if self.governor is not None:  # the machine may have become busier or idler
+            self.governor.update()
         with torch.enable_grad():
             if not engine.run_chunk(self.steps_per_call):
                 self.current += 1

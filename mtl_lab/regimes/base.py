@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -25,6 +26,7 @@ from mtl_lab.engine import (
 )
 from mtl_lab.engine.memory import keep_freed_memory
 from mtl_lab.engine.recipes import minibatch_loader
+from mtl_lab.engine.threads import ThreadGovernor, step_flops
 from mtl_lab.models import DiagonalNetwork, ReLUNetwork, SharedTrunkNetwork
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -96,13 +98,22 @@ def fit(net: SharedTrunkNetwork, terms: Sequence[LossTerm], trainable: Sequence[
     ``trainable`` names parameters ('trunk', 'heads' or a task name's head). Returns the trained
     ensemble, per-member summaries and per-member loss histories.
     """
+    governor = None
     if ctx.device.type == "cpu":
         keep_freed_memory()
+        samples = sum(t.x.shape[-2] for t in terms)
+        if training.mode == "minibatch":
+            samples = min(samples, training.batch_size)
+        governor = ThreadGovernor(ctx.cfg.trainer.threads, step_flops(net.parameters(), samples))
     t0 = time.perf_counter()
-    trained, summaries, histories = _fit(net, terms, trainable, lr, training, ctx, name)
+    with governor or contextlib.nullcontext():
+        trained, summaries, histories = _fit(net, terms, trainable, lr, training, ctx, name,
+                                             governor)
     wall = time.perf_counter() - t0
     for s in summaries:
         s["train_wall_time"] = wall / len(summaries)
+        if governor is not None:
+            s["threads"] = max(governor.chosen)
     return trained, summaries, histories
 
 
@@ -136,7 +147,8 @@ def _trainer(ctx: GroupContext, name: str, callbacks: list, *, ticks: int = -1,
     )
 
 
-def _fit(net, terms, trainable, lr, training: TrainingConfig, ctx: GroupContext, name: str):
+def _fit(net, terms, trainable, lr, training: TrainingConfig, ctx: GroupContext, name: str,
+         governor: ThreadGovernor | None = None):
     dtype = DTYPES[training.dtype]
     params = _trainable_params(net, trainable)
     if training.mode == "full_batch":
@@ -145,7 +157,7 @@ def _fit(net, terms, trainable, lr, training: TrainingConfig, ctx: GroupContext,
                               training.lr_backoff)
         chunk = member_chunks(net, terms, training.max_ensemble_mb)
         recipe = FullBatchRecipe(net, terms, params, lr, settings, training.steps_per_call,
-                                 dtype, member_chunk=chunk)
+                                 dtype, member_chunk=chunk, governor=governor)
         sink = ctx.progress if callable(ctx.progress) else None
         callbacks = [GDProgress(name, sink=sink)] if ctx.progress else []
         if ctx.cfg.logging.monitors:
@@ -164,7 +176,7 @@ def _fit(net, terms, trainable, lr, training: TrainingConfig, ctx: GroupContext,
     trainer.fit(recipe, train_dataloaders=loader)
     final = evaluate_terms(recipe.net, terms)
     summ = [{"train_loss": float(v), "steps": trainer.global_step, "final_lr": float(lr[0]),
-             "restarts": 0, "status": "budget"} for v in final]
+             "restarts": 0, "status": "epochs"} for v in final]
     return recipe.net.cpu().float(), summ, [[] for _ in range(net.ensemble_size)]
 
 

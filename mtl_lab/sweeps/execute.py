@@ -214,6 +214,9 @@ def _local_groups(groups, out_dir: Path, progress: bool, gather: Callable, bar) 
 
 
 def _worker_threads(threads: int) -> None:
+    from mtl_lab.engine.threads import set_process_cap
+
+    set_process_cap(threads)
     torch.set_num_threads(threads)
 
 

@@ -24,6 +24,7 @@ INPUT_PARAMS = ("d", "n_aux", "n_test")  # task parameters that fix the inputs' 
 def run_config(cfg: ComparisonConfig) -> dict:
     """The part of the config that determines every run (what the run hash covers)."""
     dumped = cfg.model_dump(mode="json")
+    dumped["trainer"].pop("threads")  # how fast, not what: results do not depend on it
     return {k: v for k, v in dumped.items() if k not in PER_RUN_KEYS}
 
 
