@@ -10,6 +10,7 @@ import pandas as pd
 
 from mtl_lab.checkpoints import CheckpointError
 from mtl_lab.config import ConfigError, dump_config, load_config
+from mtl_lab.interrupts import as_interrupted, stop_on_signals
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -155,10 +156,17 @@ def main(argv: list[str] | None = None) -> int:
     if extra:  # overrides written after an option (`run c.yaml --no-progress seeds=[1]`)
         args.overrides = [*args.overrides, *extra]
     try:
-        return args.func(args)
+        with stop_on_signals():
+            return args.func(args)
     except (ConfigError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except BaseException as err:
+        stop = as_interrupted(err)
+        if stop is None:
+            raise
+        print(f"\n{stop}", file=sys.stderr)
+        return stop.exit_code
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ import tasks
 from mtl_lab.checkpoints import save_network
 from mtl_lab.config import REGIME_LABELS, ComparisonConfig, ConfigError, flatten
 from mtl_lab.data import TaskTensors
+from mtl_lab.interrupts import as_interrupted
 from mtl_lab.sweeps.plan import RunSpec, group_runs, run_config
 
 RESULTS_FILE = "results.parquet"
@@ -160,7 +161,12 @@ def execute(runs: Sequence[RunSpec], out_dir: str | Path, executor: str = "local
             address: str | None = None, progress: bool = True, description: str = "runs",
             jobs: int = 1,
             ) -> pd.DataFrame:
-    """Train every run without a row in ``out_dir``'s results; return the rows of ``runs``."""
+    """Train every run without a row in ``out_dir``'s results; return the rows of ``runs``.
+
+    Stopped by a signal (or Ctrl-C), it raises :class:`~mtl_lab.interrupts.Interrupted` whose
+    ``detail`` says how many runs are saved and which groups were cut short; with ``jobs > 1``
+    its worker processes are stopped first.
+    """
     check_executor(executor, jobs)
     out_dir = Path(out_dir)
     existing = preflight(out_dir)
@@ -169,21 +175,34 @@ def execute(runs: Sequence[RunSpec], out_dir: str | Path, executor: str = "local
     groups = longest_first(group_runs(r for r in runs if r.run_id not in done))
     total = len({r.run_id for r in runs})
     table = [existing]
-    bar = tqdm(total=total, initial=total - sum(map(len, groups)), desc=description,
+    saved = [total - sum(map(len, groups))]
+    in_flight: set[str] = set()
+    bar = tqdm(total=total, initial=saved[0], desc=description,
                unit="run", disable=not progress, dynamic_ncols=True)
 
     def gather(rows: list[dict]) -> None:
         table.append(pd.DataFrame(rows))
         write_results(out_dir, pd.concat(table, ignore_index=True))
+        saved[0] += len(rows)
         bar.update(len(rows))
 
-    if executor == "ray":
-        _ray_groups(groups, out_dir, progress, address, gather, bar)
-    elif jobs > 1:
-        _pool_groups(groups, out_dir, jobs, progress, gather, bar)
-    else:
-        _local_groups(groups, out_dir, progress, gather, bar)
-    bar.close()
+    try:
+        if executor == "ray":
+            _ray_groups(groups, out_dir, progress, address, gather, bar)
+        elif jobs > 1:
+            _pool_groups(groups, out_dir, jobs, progress, gather, bar, in_flight)
+        else:
+            _local_groups(groups, out_dir, progress, gather, bar, in_flight)
+    except BaseException as err:
+        stop = as_interrupted(err)
+        if stop is None:
+            raise
+        cut = f"; cut short: {', '.join(sorted(in_flight))}" if in_flight else ""
+        stop.detail = (f"{saved[0]} of {total} runs are saved in {out_dir / RESULTS_FILE}{cut}; "
+                       f"rerun the same command to train the other {total - saved[0]}")
+        raise stop from (None if stop is err else err)
+    finally:
+        bar.close()
     everything = pd.concat(table, ignore_index=True)
     ids = {r.run_id for r in runs}
     return everything[everything["run_id"].isin(ids)].reset_index(drop=True)
@@ -207,39 +226,73 @@ def _describe(group: Sequence[RunSpec]) -> str:
     return f"{REGIME_LABELS[group[0].regime]} seed {group[0].seed} ({len(group)} runs)"
 
 
-def _local_groups(groups, out_dir: Path, progress: bool, gather: Callable, bar) -> None:
+def _local_groups(groups, out_dir: Path, progress: bool, gather: Callable, bar,
+                  in_flight: set[str]) -> None:
     for group in groups:
         bar.set_postfix_str(_describe(group))
+        in_flight.add(_describe(group))
         gather(train_group(group, out_dir, progress))
+        in_flight.discard(_describe(group))
 
 
-def _worker_threads(threads: int) -> None:
+_WORKER_QUEUE = None  # a --jobs worker's progress queue, inherited when the worker starts
+
+
+def _init_worker(threads: int, parent: int, queue) -> None:
+    """A --jobs worker: its share of the cores, its progress queue, and an end with its parent.
+
+    A watchdog thread ends the worker (status 1) as soon as its parent is gone, whatever killed
+    the parent (SIGKILL included): an orphaned worker would otherwise finish its group, holding
+    its memory, with nobody to receive the rows.
+    """
+    global _WORKER_QUEUE
     from mtl_lab.engine.threads import set_process_cap
 
     set_process_cap(threads)
     torch.set_num_threads(threads)
+    # tqdm's default lock is a multiprocessing semaphore, which a worker killed mid-group would
+    # leak (the resource tracker then warns at exit): a worker's bars need only a thread lock
+    tqdm.set_lock(threading.RLock())
+    _WORKER_QUEUE = queue
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True,
+                     name="exit-with-parent").start()
+
+
+def _exit_with_parent(parent: int, every_s: float = 0.2) -> None:
+    while os.getppid() == parent:
+        time.sleep(every_s)
+    os._exit(1)
 
 
 class QueueSink:
-    """A picklable GDProgress sink: a worker's step progress for one group, sent to a queue."""
+    """A picklable GDProgress sink: a worker's step progress for one group, sent to a queue
+    (``queue``, e.g. a Ray queue, or the --jobs worker's inherited queue when None)."""
 
     def __init__(self, queue, group: str) -> None:
         self.queue = queue
         self.group = group
 
     def __call__(self, phase: str, done: int, total: int, postfix: dict) -> None:
-        self.queue.put((self.group, phase, done, total, postfix))
+        queue = self.queue if self.queue is not None else _WORKER_QUEUE
+        queue.put((self.group, phase, done, total, postfix))
 
 
-def _show_worker_progress(queue, slots: int) -> None:
-    """Per-group step bars under the runs bar, fed by the workers' QueueSinks.
+def _show_worker_progress(queue, slots: int, stop: threading.Event) -> None:
+    """Per-group step bars under the runs bar, fed by the workers' QueueSinks, until ``stop``.
 
-    Messages: (group, phase, done, total, postfix); (group, None, …) closes a group's bar;
-    None ends the loop.
+    Messages: (group, phase, done, total, postfix); (group, None, …) closes a group's bar. The
+    loop polls ``stop`` rather than waiting for a sentinel: a worker killed mid-message must not
+    leave it waiting forever.
     """
     bars: dict[str, tuple[tqdm, int]] = {}
     free = list(range(1, slots + 1))
-    while (message := queue.get()) is not None:
+    while not stop.is_set():
+        try:
+            message = queue.get(timeout=0.2)
+        except Exception as err:  # queue.Empty, ray.util.queue.Empty (as a RayTaskError)
+            if any(c.__name__ == "Empty" for c in type(err).__mro__):
+                continue
+            raise
         group, phase, done, total, postfix = message
         if phase is None:
             if group in bars:
@@ -263,14 +316,16 @@ def _show_worker_progress(queue, slots: int) -> None:
 @contextmanager
 def _worker_bars(queue, slots: int, enabled: bool):
     """Show the workers' per-group step bars (from their QueueSinks) while the block runs."""
-    shown = threading.Thread(target=_show_worker_progress, args=(queue, slots), daemon=True)
+    stop = threading.Event()
+    shown = threading.Thread(target=_show_worker_progress, args=(queue, slots, stop),
+                             daemon=True)
     if enabled:
         shown.start()
     try:
         yield
     finally:
+        stop.set()
         if enabled:
-            queue.put(None)
             shown.join()
 
 
@@ -285,24 +340,51 @@ def _finished(queue, group: Sequence[RunSpec], bar, enabled: bool) -> None:
     bar.set_postfix_str(_describe(group))
 
 
-def _pool_groups(groups, out_dir: Path, jobs: int, progress: bool, gather: Callable, bar
-                 ) -> None:
-    """Train groups in ``jobs`` fresh worker processes sharing this machine's cores."""
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+def _pool_groups(groups, out_dir: Path, jobs: int, progress: bool, gather: Callable, bar,
+                 in_flight: set[str]) -> None:
+    """Train groups in ``jobs`` fresh worker processes sharing this machine's cores.
+
+    The progress queue is handed to the workers when they start (no manager process); a failed
+    group, Ctrl-C or a signal cancels the groups not started and stops the running workers.
+    """
+    from mtl_lab.engine.threads import usable_cores
+
+    threads = max(1, usable_cores() // jobs)
     context = multiprocessing.get_context("spawn")  # no forked torch thread pools
-    with context.Manager() as manager, ProcessPoolExecutor(
-            jobs, mp_context=context, initializer=_worker_threads, initargs=(threads,)) as pool:
-        queue = manager.Queue()
+    queue = context.Queue()
+    pool = ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker,
+                               initargs=(threads, os.getpid(), queue))
+    try:
         with _worker_bars(queue, jobs, progress):
-            pending = {pool.submit(train_group, list(g), str(out_dir), _sink(queue, g, progress)):
+            pending = {pool.submit(train_group, list(g), str(out_dir), _sink(None, g, progress)):
                        g for g in groups}
             try:
                 for future in as_completed(pending):
                     _finished(queue, pending[future], bar, progress)
                     gather(future.result())
-            except BaseException:  # a failed group or Ctrl-C: start no other group
-                pool.shutdown(wait=False, cancel_futures=True)
+            except BaseException:
+                # the earliest-submitted unfinished groups are the ones in the workers
+                running = [g for f, g in pending.items() if f.running()][:jobs]
+                in_flight.update(_describe(g) for g in running)
+                _stop_workers(pool)
                 raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        queue.close()
+        queue.cancel_join_thread()  # undelivered progress messages do not matter
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Cancel the groups not started and end the running workers now (SIGKILL: a worker inside
+    a Lightning fit would otherwise treat SIGTERM as the end of one group and take the next;
+    the groups cut short are trained again on the next run)."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    for process in processes:
+        if process.is_alive():
+            process.kill()
+    for process in processes:
+        process.join(timeout=10)
+    pool.shutdown(wait=True, cancel_futures=True)  # its manager thread sees them gone and ends
 
 
 def _ray_groups(groups, out_dir: Path, progress: bool, address, gather: Callable, bar) -> None:
