@@ -1,4 +1,10 @@
-"""PNG figures for an analysed comparison: one per family of measures."""
+"""PNG figures for an analysed comparison: one per family of measures.
+
+Each figure is built by a ``*_figure`` function that returns the matplotlib Figure (for tests and
+notebooks) and saved by the function of the same family without the suffix. Line plots over
+n_main ring the points that average over a run stopped at the step budget and cross those that
+average over a diverged run (:mod:`mtl_lab.flags`).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from mtl_lab.config import REGIME_LABELS
+from mtl_lab.flags import flag_legend_handles, mark_flagged
 from mtl_lab.plots import REGIME_COLOURS, n_main_axis
 
 LABEL_COLOURS = {"reused": "#2ca02c", "modified": "#ff7f0e", "new": "#d62728",
@@ -17,6 +24,40 @@ FAMILIES = {
     "norms": ["path_norm_l1", "path_norm_l2", "l1_main", "l12", "ptft_penalty", "f1_main",
               "group_norm"],
 }
+FAMILY_TITLES = {
+    "representation": "representation (reference: the pretrained network for PT+FT, PT+LP and "
+                      "ridge; the STL network for MTL)",
+    "weights": "weight change and conservation laws, from where training started",
+    "norms": "norms of the trained solution",
+}
+# metric -> (panel title, y-axis label: the quantity and what it measures)
+METRIC_LABELS = {
+    "pr": ("dimensionality of the features", "participation ratio PR = (tr C)² / tr C²"),
+    "pr_reference": ("dimensionality of the reference features",
+                     "participation ratio PR of the reference"),
+    "ensd_reference": ("dimensions shared with the reference",
+                       "ENSD with reference (shared dimensions)"),
+    "cka_reference": ("similarity to the reference", "linear CKA (unbiased) with reference"),
+    "weight_change": ("relative weight change",
+                      "‖W − W_start‖_F / ‖W_start‖_F, layer mean"),
+    "conservation_drift": ("conservation-law drift",
+                           "drift: max_j |Δh_j| / max_j |h_j(start)|"),
+    "path_norm_l1": ("ℓ1 path-norm", "ℓ1 path-norm ‖Φ(θ)‖₁ (all heads)"),
+    "path_norm_l2": ("ℓ2 path-norm", "ℓ2 path-norm ‖Φ(θ)‖₂ (all heads)"),
+    "l1_main": ("ℓ1 norm of the main predictor", "‖β_main‖₁"),
+    "l12": ("ℓ1,2 group norm of both tasks", "Σ_d √(β_aux,d² + β_main,d²)"),
+    "ptft_penalty": ("PT+FT implicit penalty", "R_PTFT(β_main; β_aux, γ)"),
+    "f1_main": ("F1 norm of the main task", "Σ_j ‖w_j‖·|v_main,j|"),
+    "group_norm": ("group norm over task heads", "Σ_j ‖w_j‖·‖v_·,j‖₂"),
+}
+
+
+def metric_labels(metric: str) -> tuple[str, str]:
+    """(panel title, y-axis label) of a metric; a readable fallback for unknown ones."""
+    if metric in METRIC_LABELS:
+        return METRIC_LABELS[metric]
+    name = metric.replace("_", " ")
+    return name, name
 
 
 def _plt():
@@ -28,42 +69,68 @@ def _plt():
     return plt
 
 
+def _save(fig, path: Path) -> Path:
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    _plt().close(fig)
+    return path
+
+
 def _regimes(frame: pd.DataFrame) -> list[str]:
     return [v for v in REGIME_LABELS.values() if v in set(frame["regime_label"])]
 
 
-def metric_panels(analysis: pd.DataFrame, metrics: list[str], path: Path, title: str) -> Path:
-    """One panel per metric: mean over seeds vs n_main, one line per regime."""
+def metric_figure(analysis: pd.DataFrame, metrics: list[str], title: str):
+    """One panel per metric: mean over seeds vs n_main, one line per regime; a shared legend
+    with every regime drawn in any panel and the marks of flagged runs."""
     plt = _plt()
     metrics = [m for m in metrics if m in analysis and analysis[m].notna().any()]
-    fig, axes = plt.subplots(1, max(1, len(metrics)), figsize=(3.6 * max(1, len(metrics)), 3.2),
-                             squeeze=False)
+    fig, axes = plt.subplots(1, max(1, len(metrics)), figsize=(3.8 * max(1, len(metrics)), 3.6),
+                             squeeze=False, layout="constrained")
+    handles: dict[str, object] = {}
     for ax, metric in zip(axes[0], metrics):
-        means = analysis.groupby(["regime_label", "n_main"])[metric].mean()
         for label in _regimes(analysis):
-            if label in means.index.get_level_values(0):
-                part = means.loc[label].dropna()
-                ax.plot(part.index, part.values, marker="o", label=label,
-                        color=REGIME_COLOURS[label])
+            rows = analysis[analysis["regime_label"] == label]
+            means = rows.groupby("n_main")[metric].mean().dropna()
+            if means.empty:
+                continue
+            colour = REGIME_COLOURS[label]
+            (line,) = ax.plot(means.index, means.values, marker="o", label=label, color=colour)
+            handles.setdefault(label, line)
+            mark_flagged(ax, rows, "n_main", means, colour)
         n_main_axis(ax, analysis["n_main"])
-        ax.set_title(metric.replace("_", " "))
+        panel_title, ylabel = metric_labels(metric)
+        ax.set_title(panel_title, fontsize=10)
+        ax.set_ylabel(ylabel, fontsize=8)
         ax.grid(True, alpha=0.3)
-    axes[0][0].legend(frameon=False, fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    if not metrics:
+        axes[0][0].text(0.5, 0.5, "no run has these measures", ha="center", va="center",
+                        transform=axes[0][0].transAxes)
+        axes[0][0].set_axis_off()
+    legend = [handles[label] for label in _regimes(analysis) if label in handles]
+    legend += flag_legend_handles(analysis)
+    if legend:
+        fig.legend(handles=legend, loc="outside lower center", frameon=False, fontsize=8,
+                   ncol=min(len(legend), 6))
+    fig.suptitle(title, fontsize=10)
+    return fig
 
 
-def reuse_bars(analysis: pd.DataFrame, path: Path) -> Path:
-    """Share of the main task's contribution by unit label, per regime and n_main."""
+def metric_panels(analysis: pd.DataFrame, metrics: list[str], path: Path, title: str) -> Path:
+    """:func:`metric_figure`, saved to ``path``."""
+    return _save(metric_figure(analysis, metrics, title), path)
+
+
+def reuse_figure(analysis: pd.DataFrame):
+    """Share of the main task's contribution by unit label, per regime and n_main (runs with no
+    main head, i.e. ridge references, have no shares and are left out)."""
     plt = _plt()
     cols = [f"share_{k}" for k in LABEL_COLOURS]
-    means = analysis.groupby(["regime_label", "n_main"])[cols].mean()
-    order = [(r, n) for r in _regimes(analysis) for n in sorted(analysis["n_main"].unique())
+    frame = analysis.dropna(subset=[c for c in cols if c in analysis], how="all")
+    means = frame.reindex(columns=["regime_label", "n_main", *cols]).groupby(
+        ["regime_label", "n_main"])[cols].mean()
+    order = [(r, n) for r in _regimes(frame) for n in sorted(frame["n_main"].unique())
              if (r, n) in means.index]
-    fig, ax = plt.subplots(figsize=(max(5, 0.45 * len(order) + 2), 3.6))
+    fig, ax = plt.subplots(figsize=(max(5, 0.45 * len(order) + 2), 3.6), layout="constrained")
     bottom = [0.0] * len(order)
     for col, (label, colour) in zip(cols, LABEL_COLOURS.items()):
         values = [float(means.loc[key, col]) for key in order]
@@ -72,39 +139,60 @@ def reuse_bars(analysis: pd.DataFrame, path: Path) -> Path:
     ax.set_xticks(range(len(order)), [f"{r}\nn={n}" for r, n in order], fontsize=7)
     ax.set_ylabel("share of main-task contribution")
     ax.set_title("which units carry the main task")
-    ax.legend(frameon=False, fontsize=8, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.25))
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    fig.legend(frameon=False, fontsize=8, ncol=4, loc="outside lower center")
+    return fig
 
 
-def unit_scatter(analysis: pd.DataFrame, units: pd.DataFrame, path: Path) -> Path:
-    """Per unit: auxiliary vs main contribution, coloured by label (largest n_main, seed 0)."""
+def reuse_bars(analysis: pd.DataFrame, path: Path) -> Path:
+    """:func:`reuse_figure`, saved to ``path``."""
+    return _save(reuse_figure(analysis), path)
+
+
+def _has_main(units: pd.DataFrame, run_id) -> bool:
+    table = units[units["run_id"] == run_id]
+    return "contrib_main" in table and bool(table["contrib_main"].notna().any())
+
+
+def unit_figure(analysis: pd.DataFrame, units: pd.DataFrame):
+    """Per unit: auxiliary vs main contribution, coloured by label (largest n_main, first seed),
+    one panel per regime that has a main head; one figure legend covers every label drawn."""
     plt = _plt()
-    regimes = _regimes(analysis)
-    fig, axes = plt.subplots(1, len(regimes), figsize=(3.3 * len(regimes), 3.2), squeeze=False)
-    for ax, label in zip(axes[0], regimes):
+    panels = []
+    for label in _regimes(analysis):
         runs = analysis[analysis["regime_label"] == label].sort_values(["n_main", "seed"])
-        run_id = runs.iloc[-1]["run_id"]
-        table = units[units["run_id"] == run_id]
+        runs = runs[[_has_main(units, r) for r in runs["run_id"]]]
+        if not runs.empty:
+            panels.append((label, runs.iloc[-1]))
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(3.3 * max(1, len(panels)), 3.4),
+                             squeeze=False, layout="constrained")
+    drawn: dict[str, object] = {}
+    for ax, (label, run) in zip(axes[0], panels):
+        table = units[units["run_id"] == run["run_id"]]
         aux = next((c for c in ("pretrained_contrib_aux", "contrib_aux")
                     if c in table and table[c].notna().any()), None)
         x = table[aux] if aux else table["contrib_main"] * 0.0  # STL: no auxiliary task
         for name, colour in LABEL_COLOURS.items():
             part = table["label"] == name
             if part.any():
-                ax.scatter(x[part], table.loc[part, "contrib_main"], s=10, color=colour,
-                           label=name)
+                drawn[name] = ax.scatter(x[part], table.loc[part, "contrib_main"], s=10,
+                                         color=colour, label=name)
         ax.set_xlabel("auxiliary contribution")
         ax.set_ylabel("main contribution")
-        ax.set_title(f"{label} (n={runs.iloc[-1]['n_main']})", fontsize=9)
+        ax.set_title(f"{label} (n={run['n_main']})", fontsize=9)
         ax.grid(True, alpha=0.3)
-    axes[0][0].legend(frameon=False, fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    if not panels:
+        axes[0][0].text(0.5, 0.5, "no run has a main head", ha="center", va="center",
+                        transform=axes[0][0].transAxes)
+        axes[0][0].set_axis_off()
+    if drawn:
+        fig.legend(handles=[drawn[k] for k in LABEL_COLOURS if k in drawn], title="unit label",
+                   loc="outside right center", frameon=False, fontsize=8, title_fontsize=8)
+    return fig
+
+
+def unit_scatter(analysis: pd.DataFrame, units: pd.DataFrame, path: Path) -> Path:
+    """:func:`unit_figure`, saved to ``path``."""
+    return _save(unit_figure(analysis, units), path)
 
 
 def analysis_figures(analysis: pd.DataFrame, units: pd.DataFrame, out_dir: Path) -> list[Path]:
@@ -114,5 +202,6 @@ def analysis_figures(analysis: pd.DataFrame, units: pd.DataFrame, out_dir: Path)
     paths = [reuse_bars(analysis, folder / "reuse.png"),
              unit_scatter(analysis, units, folder / "units.png")]
     for name, metrics in FAMILIES.items():
-        paths.append(metric_panels(analysis, metrics, folder / f"{name}.png", name))
+        paths.append(metric_panels(analysis, metrics, folder / f"{name}.png",
+                                   FAMILY_TITLES[name]))
     return paths

@@ -6,6 +6,13 @@ n_main for MTL), the task's teacher and probe inputs, and computes the per-unit 
 summary, PR / ENSD / CKA against the reference, weight change, conservation-law drift from the
 run's starting point, path-norms and the norms of the solution. Output: ``analysis.parquet`` (one
 flat row per run), ``units.parquet`` (every run's per-unit table) and PNG figures.
+
+Ridge references (``lp_ridge``, ``ntk_ridge``) are kernel regressions on frozen pretrained
+features: their checkpoint is the pretrained network, which has no main head. They get the
+representation measures of the features their kernel uses (h(x) for LP ridge, ∇_θ f_aux(x) for NTK
+ridge) against the pretrained trunk, and a per-unit table of the pretrained units without main
+columns; measures of a trained main head or of a gradient-trained solution (reuse shares,
+weight change, conservation drift, path-norms, norms of the solution) are NaN for them.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from tqdm.auto import tqdm
 import tasks
 from mtl_lab.analysis.features import (
     DEFAULT_THRESHOLDS,
+    LABELS,
     ReuseThresholds,
     feature_table,
     reuse_summary,
@@ -35,7 +43,10 @@ from mtl_lab.data import TaskTensors
 from mtl_lab.models import DiagonalNetwork, SharedTrunkNetwork
 
 PROBE_SAMPLES = 1000
-PRETRAINED_REGIMES = ("ptft", "ptlp", "lp_ridge", "ntk_ridge")
+RIDGE_REGIMES = ("lp_ridge", "ntk_ridge")
+PRETRAINED_REGIMES = ("ptft", "ptlp", *RIDGE_REGIMES)
+MAIN_UNIT_COLUMNS = ("head_main", "contrib_main", "beta_main")
+REUSE_KEYS = (*(f"share_{label}" for label in LABELS), "main_share_on_aux", "contribution_cosine")
 
 
 @dataclass
@@ -68,7 +79,7 @@ def starting_network(row: dict[str, Any], pretrained: SharedTrunkNetwork | None,
     from mtl_lab.regimes.gradient import prepare_finetune
 
     regime, seed = row["regime"], int(row["seed"])
-    if regime in ("lp_ridge", "ntk_ridge"):
+    if regime in RIDGE_REGIMES:
         return None
     if regime in ("ptft", "ptlp"):
         if pretrained is None:
@@ -119,6 +130,8 @@ def analyze_one(art: RunArtifacts, thresholds: ReuseThresholds = DEFAULT_THRESHO
     from mtl_lab.analysis import penalties, representation, symmetry
 
     net, row = art.net, art.row
+    if "main" not in net.tasks:
+        return _analyze_without_main(art, thresholds)
     table = feature_table(net, art.pretrained if row["regime"] in ("ptft", "ptlp") else None,
                           art.teacher, art.probe, thresholds)
     out: dict[str, Any] = {"run_id": row["run_id"], **reuse_summary(table)}
@@ -139,6 +152,39 @@ def analyze_one(art: RunArtifacts, thresholds: ReuseThresholds = DEFAULT_THRESHO
     out["path_norm_l1"] = float(symmetry.path_norm(net, q=1.0)[0])
     out["path_norm_l2"] = float(symmetry.path_norm(net, q=2.0)[0])
     out.update(_solution_norms(net, art, penalties))
+    return out, table.assign(run_id=row["run_id"])
+
+
+def _kernel_features(art: RunArtifacts, x: torch.Tensor) -> torch.Tensor:
+    """The features a ridge reference regresses on: ∇_θ f_aux (NTK ridge) or h(x) (LP ridge)."""
+    from mtl_lab.regimes.ridge import gradient_features, trunk_features
+
+    if art.row["regime"] == "ntk_ridge":
+        return gradient_features(art.net, x, "aux")
+    return trunk_features(art.net, x)
+
+
+def _analyze_without_main(art: RunArtifacts, thresholds: ReuseThresholds
+                          ) -> tuple[dict[str, Any], pd.DataFrame]:
+    """A run whose network has no main head (ridge references): representation measures of
+    the features its kernel uses; NaN for everything that needs a trained main head."""
+    from mtl_lab.analysis import representation
+
+    row = art.row
+    table = feature_table(art.net, None, art.teacher, art.probe, thresholds)
+    for col in MAIN_UNIT_COLUMNS:
+        if col in table or col == "contrib_main":
+            table[col] = float("nan")
+    table["label"] = None
+    out: dict[str, Any] = {"run_id": row["run_id"], **dict.fromkeys(REUSE_KEYS, float("nan"))}
+    feats = _kernel_features(art, art.probe)
+    pretrained = art.reference if art.reference is not None else art.net
+    with torch.no_grad():
+        ref = pretrained.features(art.probe)[0].double()
+    out["pr"] = float(representation.participation_ratio(feats))
+    out["pr_reference"] = float(representation.participation_ratio(ref))
+    out["ensd_reference"] = float(representation.ensd(feats, ref))
+    out["cka_reference"] = float(representation.linear_cka(feats, ref))
     return out, table.assign(run_id=row["run_id"])
 
 
@@ -163,6 +209,10 @@ def analyze_run_dir(out_dir: str | Path, thresholds: ReuseThresholds = DEFAULT_T
                     progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Analyze every run of a comparison folder; writes analysis.parquet and units.parquet."""
     out_dir = Path(out_dir)
+    if not out_dir.exists():
+        raise ConfigError(f"folder not found: {out_dir}")
+    if not out_dir.is_dir():
+        raise ConfigError(f"not a folder: {out_dir}")
     results = read_results(out_dir)
     if results.empty:
         raise ConfigError(f"no results.parquet in {out_dir}: run a comparison there first")
