@@ -166,3 +166,17 @@ def test_summary_never_averages_two_task_settings():
     assert "name" not in table.index.names and "trainer.accelerator" not in table.index.names
     assert sorted(table["main_share_on_aux"]) == [1.0, 10.0]
     assert list(table["pr"]) == [0.5, 0.5]
+
+
+def test_diagnosis_calls_kernel_references_lazy_not_rich():
+    from mtl_lab.analysis.diagnosis import diagnose
+
+    rows = [{"regime": regime, "regime_label": label, "n_main": 8,
+             "config.task.params.k_main": k, "config.finetune.rescale": 1.0,
+             "test_loss_main": 0.1 * k, "null_loss_main": 1.0, "main_share_on_aux": reuse}
+            for regime, label, reuse in [("lp_ridge", "LP ridge", float("nan")),
+                                         ("stl", "STL", float("nan"))]
+            for k in (1, 4)]
+    labels = diagnose(pd.DataFrame(rows)).set_index("condition")["label"]
+    assert labels["LP ridge"] == "lazy (kernel reference)"
+    assert labels["STL"] == "rich"

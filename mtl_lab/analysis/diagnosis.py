@@ -19,6 +19,9 @@ The rule (thresholds in :class:`DiagnosisRule`):
   performance insensitive to how many of them the main task uses);
 * U ≥ reuse_threshold and S ≥ sensitivity_threshold → **nested feature selection** (reuses a
   sparse subset of the auxiliary features; performance strongly sparsity-dependent).
+
+The ridge references (LP ridge, NTK ridge) regress on frozen features: they are lazy by
+construction and are labelled so, not judged by the rule (they have no reuse measure).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 SPARSITY_COLUMNS = ("config.task.params.k_main", "config.task.params.m_main")
+KERNEL_REFERENCES = ("lp_ridge", "ntk_ridge")
 
 
 @dataclass(frozen=True)
@@ -87,7 +91,11 @@ def diagnose(analysis: pd.DataFrame, rule: DiagnosisRule = DiagnosisRule()) -> p
         s, evidence = sparsity_dependence(runs, column, rule.solved_fraction)
         reuse = 0.0 if runs["regime"].iloc[0] == "stl" else float(
             runs.get("main_share_on_aux", pd.Series([float("nan")])).mean())
-        if not reuse >= rule.reuse_threshold:
+        if runs["regime"].iloc[0] in KERNEL_REFERENCES:
+            label = "lazy (kernel reference)"  # fixed features by construction: no reuse measure
+        elif math.isnan(reuse):
+            label = "n/a (no reuse measure)"
+        elif reuse < rule.reuse_threshold:
             label = "rich"
         elif s >= rule.sensitivity_threshold:
             label = "nested feature selection"
