@@ -6,10 +6,20 @@ heads) → ``mtl_lab.regimes`` (STL, MTL, PT+FT, PT+LP, lazy references) → ``m
 ``mtl_lab.cli``.
 """
 
-from mtl_lab.comparison import comparison_table, run_comparison
 from mtl_lab.config import ComparisonConfig, ConfigError, load_config, validate_config
 
 __version__ = "0.1.0"
+_TRAINING = {"comparison_table", "run_comparison"}  # need torch: imported on first use
+
+
+def __getattr__(name: str):
+    """``run_comparison`` and ``comparison_table`` load torch and Lightning only when first used,
+    so that ``mtl-lab --help``, ``mtl-lab config`` and validation answer at once."""
+    if name in _TRAINING:
+        from mtl_lab import comparison
+
+        return getattr(comparison, name)
+    raise AttributeError(f"module 'mtl_lab' has no attribute {name!r}")
 
 __all__ = [
     "ComparisonConfig",

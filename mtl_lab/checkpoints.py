@@ -10,13 +10,10 @@ from typing import Any
 
 import torch
 
+from mtl_lab.errors import CheckpointError
 from mtl_lab.models import NETWORKS, SharedTrunkNetwork
 
 FORMAT = "mtl-lab-network/1"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that is missing, corrupt, or not an mtl-lab network."""
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:

@@ -6,15 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
-import pandas as pd
-
-from mtl_lab.checkpoints import CheckpointError
-from mtl_lab.config import ConfigError, dump_config, load_config
+from mtl_lab.config import dump_config, load_config
+from mtl_lab.errors import InputError
 from mtl_lab.interrupts import as_interrupted, stop_on_signals
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from mtl_lab.comparison import comparison_table, run_comparison
+    from mtl_lab.comparison import read_results, run_comparison
 
     cfg = load_config(args.config, args.overrides)
     if args.print_config:
@@ -22,11 +20,25 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 0
     out = args.output or cfg.resolved_output_dir()
     results = run_comparison(cfg, out, progress=False if args.no_progress else None)
-    with pd.option_context("display.float_format", "{:.3e}".format, "display.width", 120):
-        print(f"\nTest loss on the main task (mean over {len(cfg.seeds)} seed(s)):")
-        print(comparison_table(results).to_string())
-    print(f"\nResults: {out}/results.parquet ({len(results)} runs), figure {out}/comparison.png")
+    print(f"\nTest loss on the main task (mean over {len(cfg.seeds)} seed(s)):")
+    _print_table(results)
+    print(f"\nResults: {out}/results.parquet ({len(results)} runs of this config; the folder "
+          f"holds {len(read_results(Path(out)))}), figure {out}/comparison.png")
     return 0
+
+
+def _print_table(results) -> None:
+    """The table of mean main-task test losses with the flags of unfinished runs under it."""
+    import pandas as pd
+
+    from mtl_lab.flags import flags_note
+    from mtl_lab.tables import marked_table
+
+    with pd.option_context("display.width", 200, "display.max_columns", None):
+        print(marked_table(results).to_string())
+    note = flags_note(results)
+    if note:
+        print(note)
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
@@ -57,12 +69,11 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_results(args: argparse.Namespace) -> int:
-    from mtl_lab.comparison import comparison_table
     from mtl_lab.sweeps.run import results_table
 
     table = results_table(args.folder)
     if table.empty:
-        raise ConfigError(f"no results.parquet in {args.folder}")
+        raise InputError(f"no results.parquet in {args.folder}")
     if args.csv:
         table.to_csv(args.csv, index=False)
         print(f"wrote {len(table)} rows to {args.csv}")
@@ -70,9 +81,9 @@ def _cmd_results(args: argparse.Namespace) -> int:
         table.to_parquet(args.parquet, index=False)
         print(f"wrote {len(table)} rows to {args.parquet}")
     if not (args.csv or args.parquet):
-        with pd.option_context("display.float_format", "{:.3e}".format, "display.width", 120):
-            print(f"{len(table)} runs; mean test loss on the main task:")
-            print(comparison_table(table).to_string())
+        print(f"{len(table)} runs; mean test loss on the main task (over seeds; every other "
+              "setting that varies is a row or column):")
+        _print_table(table)
     return 0
 
 
@@ -82,7 +93,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     table = results_table(args.folder)
     if table.empty:
-        raise ConfigError(f"no results.parquet in {args.folder}")
+        raise InputError(f"no results.parquet in {args.folder}")
     wandb = dict(folder_logging(args.folder).get("wandb") or {})
     if args.wandb:
         wandb["enabled"] = True
@@ -158,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with stop_on_signals():
             return args.func(args)
-    except (ConfigError, CheckpointError) as err:
+    except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except BaseException as err:

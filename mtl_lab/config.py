@@ -25,6 +25,8 @@ from pydantic import (
     model_validator,
 )
 
+from mtl_lab.errors import ConfigError
+
 REGIMES = ("stl", "mtl", "ptft", "ptlp", "lp_ridge", "ntk_ridge")
 REGIME_LABELS = {
     "stl": "STL",
@@ -35,10 +37,6 @@ REGIME_LABELS = {
     "ntk_ridge": "NTK ridge",
 }
 Regime = Literal["stl", "mtl", "ptft", "ptlp", "lp_ridge", "ntk_ridge"]
-
-
-class ConfigError(ValueError):
-    """A config problem, reported before any compute starts."""
 
 
 class Strict(BaseModel):
@@ -197,31 +195,58 @@ def _format_validation(err: ValidationError, prefix: str = "") -> list[str]:
     return lines
 
 
-def _raise(source: str, lines: list[str]) -> None:
-    raise ConfigError(f"invalid config {source}:\n" + "\n".join(f"  - {line}" for line in lines))
+def _raise(source: str, lines: list[str], overrides: dict[str, str] | None = None) -> None:
+    """A ConfigError listing ``lines`` ("key: problem"); a problem with a key that a
+    command-line override set is reported against that override, not the file."""
+    overrides = overrides or {}
+
+    def blame(line: str) -> str | None:
+        loc = line.split(": ", 1)[0]
+        return next((item for key, item in overrides.items()
+                     if loc == key or loc.startswith(f"{key}.")), None)
+
+    blamed = [blame(line) for line in lines]
+    shown = [f"{line} (from the override {item!r})" if item else line
+             for line, item in zip(lines, blamed)]
+    where = ("override" if all(blamed) else f"config {source}") if overrides else \
+        f"config {source}"
+    raise ConfigError(f"invalid {where}:\n" + "\n".join(f"  - {line}" for line in shown))
 
 
-def validate_config(raw: dict[str, Any], source: str = "<dict>") -> ComparisonConfig:
-    """Validate a raw mapping, including the task family's own parameters for every n_main."""
+SWEEP_KEYS = ("base", "axes", "zip")
+
+
+def validate_config(raw: dict[str, Any], source: str = "<dict>",
+                    overrides: dict[str, str] | None = None) -> ComparisonConfig:
+    """Validate a raw mapping, including the task family's own parameters for every n_main.
+
+    ``overrides`` maps a key path set on the command line to the override as written
+    (``{"training.lr": "training.lr=abc"}``), so that its problems are reported against it.
+    """
     import tasks
 
     if not isinstance(raw, dict):
         _raise(source, [f"top level must be a mapping, got {type(raw).__name__}"])
+    sweep_keys = [k for k in SWEEP_KEYS if k in raw]
+    if sweep_keys and "regimes" not in raw:
+        raise ConfigError(f"{source} is a sweep file (it has {', '.join(sweep_keys)}), not a "
+                          f"comparison config: run it with `mtl-lab sweep {source}`")
     try:
         cfg = ComparisonConfig.model_validate(raw)
     except ValidationError as err:
-        _raise(source, _format_validation(err))
+        _raise(source, _format_validation(err), overrides)
     try:
         tasks.get_family(cfg.task.family)
     except (KeyError, ValueError) as err:
-        _raise(source, [f"task.family: {err}"])
+        _raise(source, [f"task.family: {err}"], overrides)
     if "n_main" in cfg.task.params:
-        _raise(source, ["task.params.n_main: set n_main at the top level (a list of sizes)"])
+        _raise(source, ["task.params.n_main: set n_main at the top level (a list of sizes)"],
+               overrides)
     for n in cfg.n_main:
         try:
             cfg.task_params(n)
         except ValidationError as err:
-            _raise(source, _format_validation(err, "task.params"))
+            _raise(source, _format_validation(err, "task.params"), overrides)
     return cfg
 
 
@@ -275,7 +300,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 def load_config(path: str | Path, overrides: list[str] | None = None) -> ComparisonConfig:
     """Read, override and validate a comparison config file."""
     raw = apply_overrides(read_yaml(path), overrides or [])
-    return validate_config(raw, str(path))
+    given = {item.split("=", 1)[0].strip(): item for item in overrides or []}
+    return validate_config(raw, str(path), given)
 
 
 def dump_config(cfg: ComparisonConfig) -> str:

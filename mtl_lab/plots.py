@@ -29,27 +29,45 @@ def n_main_axis(ax, values) -> None:
 
 def plot_comparison(results: pd.DataFrame, path: str | Path,
                     metric: str = "test_loss_main", title: str | None = None) -> Path:
-    """Log–log plot of ``metric`` against n_main, one line per regime, error bars = s.e.m."""
+    """:func:`comparison_figure` saved as a PNG at ``path``."""
+    import matplotlib.pyplot as plt
+
+    fig = comparison_figure(results, metric, title)
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def comparison_figure(results: pd.DataFrame, metric: str = "test_loss_main",
+                      title: str | None = None):
+    """Log–log plot of ``metric`` against n_main, one line per regime: mean over seeds, error
+    bars = standard error of the mean (s.e.m.); a ring marks a mean over a run that stopped at
+    the step budget, a cross one over a diverged run (left out of the mean)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    stats = results.groupby(["regime_label", "n_main"])[metric].agg(["mean", "sem", "count"])
+    from mtl_lab.flags import flag_legend_handles, mark_flagged
+
+    finite = results[pd.to_numeric(results[metric], errors="coerce").notna()]
+    stats = finite.groupby(["regime_label", "n_main"])[metric].agg(["mean", "sem", "count"])
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for label in [v for v in REGIME_LABELS.values() if v in stats.index.get_level_values(0)]:
         part = stats.loc[label]
         ax.errorbar(part.index, part["mean"], yerr=part["sem"].fillna(0.0), marker="o",
                     capsize=3, label=label, color=REGIME_COLOURS[label])
-    n_main_axis(ax, stats.index.get_level_values(1))
+        mark_flagged(ax, results[results["regime_label"] == label], "n_main", part["mean"],
+                     REGIME_COLOURS[label])
+    n_main_axis(ax, results["n_main"])
     ax.set_yscale("log")
-    ax.set_ylabel(f"{metric.replace('_', ' ')} (MSE)")
+    ax.set_ylabel(f"{metric.replace('_', ' ')} (MSE), mean ± s.e.m.")
     seeds = int(stats["count"].max()) if len(stats) else 0
-    ax.set_title(title or f"mean ± s.e.m. over {seeds} seed(s)")
+    subtitle = f"mean ± s.e.m. over {seeds} seed(s)"
+    ax.set_title(f"{title}\n{subtitle}" if title else subtitle, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(frameon=False)
+    handles, _ = ax.get_legend_handles_labels()
+    ax.legend(handles=handles + flag_legend_handles(results), frameon=False, fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return fig

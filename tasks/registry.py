@@ -18,14 +18,15 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import datasets
 import numpy as np
-import pyarrow as pa
 from pydantic import BaseModel
 
 from tasks.sampling import SPLITS
+
+if TYPE_CHECKING:  # imported where used: validating parameters needs neither datasets nor arrow
+    import datasets
 
 GenerateFn = Callable[[Any, int], dict[str, tuple[np.ndarray, np.ndarray]]]
 TeacherFn = Callable[[Any, int], dict[str, np.ndarray]]
@@ -178,6 +179,9 @@ def task_cache_path(
 
 
 def _split_dataset(x: np.ndarray, y: np.ndarray, fingerprint: str) -> datasets.Dataset:
+    import datasets
+    import pyarrow as pa
+
     x = np.ascontiguousarray(x, dtype=np.float32)
     y = np.ascontiguousarray(y, dtype=np.float32)
     if x.ndim != 2 or y.shape != (x.shape[0],):
@@ -199,6 +203,8 @@ def _split_dataset(x: np.ndarray, y: np.ndarray, fingerprint: str) -> datasets.D
 def _generate_dataset_dict(
     fam: TaskFamily, validated: BaseModel, seed: int, key: str
 ) -> datasets.DatasetDict:
+    import datasets
+
     splits = fam.generate(validated, seed)
     if set(splits) != set(SPLITS):
         raise ValueError(
@@ -212,6 +218,8 @@ def _generate_dataset_dict(
 
 def _try_load(path: Path, payload: dict[str, Any]) -> datasets.DatasetDict | None:
     """Load a cached DatasetDict, returning None if it is missing, partial or corrupt."""
+    import datasets
+
     if not path.is_dir():
         return None
     try:
@@ -256,6 +264,8 @@ def build_task(
     and ``y`` (float32). The cache folder is keyed by sha256 of {family, version, params, seed};
     it is written atomically and rebuilt if found corrupt. Same inputs give identical data.
     """
+    import datasets
+
     fam = get_family(family)
     validated = validate_params(family, params)
     seed = int(seed)

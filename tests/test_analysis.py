@@ -3,6 +3,7 @@
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 import tasks
 from mtl_lab.analysis.diagnosis import DiagnosisRule, diagnose
@@ -12,6 +13,7 @@ from mtl_lab.comparison import load_task, run_comparison
 from mtl_lab.config import validate_config
 from mtl_lab.models import DiagonalNetwork, ReLUNetwork
 from mtl_lab.regimes import REGIME_FUNCTIONS, GroupContext, Member, PretrainStore, pretrain_key
+from mtl_lab.sweeps.run import run_sweep
 from tests.conftest import tiny_raw
 
 
@@ -80,19 +82,22 @@ def test_identical_features_are_reused_and_new_features_are_new():
 def nested_sweep(tmp_path_factory):
     """Nested sparse_linear tasks (k_main ∈ {1, 10} ⊂ k_aux = 10): STL, PT+FT c = 1, c = 0.01."""
     out = tmp_path_factory.mktemp("nested")
-    for k_main in (1, 10):
-        for regimes, c in ((["stl", "ptft"], 1.0), (["ptft"], 0.01)):
-            raw = tiny_raw(**{
-                "name": "nested", "regimes": regimes, "seeds": [0, 1], "n_main": [8],
-                "task": {"family": "sparse_linear",
-                         "params": {"d": 40, "k_aux": 10, "k_main": k_main, "nested": True,
-                                    "n_aux": 128, "n_test": 1000}},
-                "model": {"kind": "diagonal", "alpha": 0.01},
-                "training": {"lr": 0.1, "max_steps": 20000, "loss_threshold": 1e-8,
-                             "steps_per_call": 2000},
-                "finetune": {"rescale": c, "head_init_scale": 1e-3}})
-            run_comparison(validate_config(raw), out)
-    return out
+    base = tiny_raw(**{
+        "name": "nested", "regimes": ["stl", "ptft"], "seeds": [0, 1], "n_main": [8],
+        "task": {"family": "sparse_linear",
+                 "params": {"d": 40, "k_aux": 10, "k_main": 1, "nested": True,
+                            "n_aux": 128, "n_test": 1000}},
+        "model": {"kind": "diagonal", "alpha": 0.01},
+        "training": {"lr": 0.1, "max_steps": 20000, "loss_threshold": 1e-8,
+                     "steps_per_call": 2000},
+        "finetune": {"rescale": 1.0, "head_init_scale": 1e-3}})
+    spec = {"name": "nested", "base": base, "axes": {"task.params.k_main": [1, 10]},
+            "overrides": {"setting": [{"regimes": ["stl", "ptft"], "finetune.rescale": 1.0},
+                                      {"regimes": ["ptft"], "finetune.rescale": 0.01}]}}
+    path = out / "nested.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    run_sweep(path, out / "sweep", progress=False)
+    return out / "sweep"
 
 
 def test_regime_diagnosis_on_nested_tasks(nested_sweep, capsys):

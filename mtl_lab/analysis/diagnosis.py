@@ -56,7 +56,7 @@ def sparsity_column(analysis: pd.DataFrame) -> str:
         if col in analysis and analysis[col].nunique() > 1:
             return col
     raise ValueError("regime diagnosis needs main tasks that differ in k_main or m_main "
-                     "(run the comparison for several values into the same folder)")
+                     "(run a sweep over them into one folder: `mtl-lab sweep`)")
 
 
 def _condition(row: pd.Series) -> str:

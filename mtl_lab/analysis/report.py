@@ -9,47 +9,18 @@ import pandas as pd
 from mtl_lab.analysis.diagnosis import diagnose
 from mtl_lab.analysis.figures import analysis_figures
 from mtl_lab.analysis.runs import analyze_run_dir
+from mtl_lab.tables import swept_columns
 
 SUMMARY_COLUMNS = ["main_share_on_aux", "share_reused", "share_new", "cka_reference", "pr",
                    "weight_change", "conservation_drift", "path_norm_l1"]
-
-
-# config columns that do not change what a run computes: never a reason to split the summary
-BOOKKEEPING_PREFIXES = ("config.output_dir", "config.name", "config.logging.", "config.trainer.",
-                        "config.task.cache_dir", "config.training.steps_per_call",
-                        "config.training.max_ensemble_mb")
-
-
-def _hashable(value):
-    """Lists and arrays (e.g. ridge λ grids, MTL weights) as strings, so that they can group."""
-    if isinstance(value, str | int | float | bool) or value is None:
-        return value
-    if isinstance(value, dict):
-        return str(dict(sorted(value.items())))
-    try:
-        return str(list(value))
-    except TypeError:
-        return str(value)
-
-
-def varying_config_columns(analysis: pd.DataFrame) -> list[str]:
-    """``config.*`` columns with more than one distinct value (bookkeeping columns excluded)."""
-    cols = []
-    for col in analysis.columns:
-        if not col.startswith("config.") or col.startswith(BOOKKEEPING_PREFIXES):
-            continue
-        if analysis[col].map(_hashable).nunique(dropna=False) > 1:
-            cols.append(col)
-    return cols
 
 
 def summary_table(analysis: pd.DataFrame) -> pd.DataFrame:
     """Mean over seeds of the headline measures per regime, n_main and every config value that
     varies between the runs (so that two task settings are never averaged together)."""
     cols = [c for c in SUMMARY_COLUMNS if c in analysis]
-    varying = varying_config_columns(analysis)
-    keys = analysis[varying].map(_hashable) if varying else pd.DataFrame(index=analysis.index)
-    keys.columns = [c.removeprefix("config.") for c in varying]
+    varying = swept_columns(analysis)
+    keys = analysis[varying].astype(str).rename(columns=lambda c: c.removeprefix("config."))
     frame = pd.concat([analysis[["regime_label", "n_main", *cols]], keys], axis=1)
     return frame.groupby(["regime_label", *keys.columns, "n_main"], dropna=False)[cols].mean()
 

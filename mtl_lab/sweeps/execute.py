@@ -20,9 +20,9 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
@@ -40,6 +40,8 @@ from mtl_lab.interrupts import as_interrupted
 from mtl_lab.sweeps.plan import RunSpec, group_runs, run_config
 
 RESULTS_FILE = "results.parquet"
+CONFIG_FILE = "config.yaml"  # a comparison folder's configuration
+SWEEP_FILE = "sweep.yaml"  # a sweep folder's sweep file
 EXECUTORS = ("local", "ray")
 
 
@@ -56,10 +58,10 @@ def read_results(out_dir: Path) -> pd.DataFrame:
 
 
 def write_results(out_dir: Path, table: pd.DataFrame) -> None:
-    """Atomic write: a killed process never leaves a half-written results file."""
+    """Atomic write: a killed process never leaves a half-written results file. The file gets
+    the same permissions as every other file the lab writes (the umask's, not mkstemp's 0600)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".results.", suffix=".parquet")
-    os.close(fd)
+    tmp = str(out_dir / f".results.{os.getpid()}.{uuid.uuid4().hex[:8]}.parquet")
     try:
         table.to_parquet(tmp, index=False)
         os.replace(tmp, out_dir / RESULTS_FILE)

@@ -23,17 +23,27 @@ import numpy as np
 import pandas as pd
 
 from mtl_lab.config import REGIME_LABELS
+from mtl_lab.flags import cell_mark, flag_legend_handles, flags_note, mark_flagged
 from mtl_lab.plots import REGIME_COLOURS, n_main_axis
+from mtl_lab.tables import (
+    METRIC,
+    Series,
+    finite_rows,
+    fmt,
+    marked_table,
+    regime_order,
+    select,
+    select_where,
+    series,
+    series_rows,
+    short,
+    sort_key,
+    sorted_values,
+    swept_columns,
+    variant_columns,
+)
 
-METRIC = "test_loss_main"
-NOISE_COLUMNS = frozenset({
-    "config.output_dir", "config.name", "config.regimes", "config.seeds", "config.seed",
-    "config.n_main", "config.task.cache_dir",
-})
-NOISE_PREFIXES = ("config.logging.", "config.trainer.")
-FINETUNE_REGIMES = ("PT+FT", "PT+LP")
 SPARSITY_NAMES = ("k_main", "m_main")
-SYMBOLS = {"config.finetune.rescale": "c", "config.finetune.head_init_scale": "γ"}
 AXIS_NAMES = {
     "n_main": "main-task training samples n_main",
     "config.finetune.rescale": "PT+FT trunk rescale factor c",
@@ -51,47 +61,7 @@ MARKERS = ("o", "s", "^", "D", "v", "P")
 MAX_PANELS = 4
 
 
-# ----------------------------------------------------------------------------- table helpers
-
-
-def swept_columns(results: pd.DataFrame) -> list[str]:
-    """The ``config.*`` columns with more than one distinct value: the sweep's axes."""
-    return [c for c in results.columns
-            if c.startswith("config.") and not _is_noise(c) and _n_values(results[c]) > 1]
-
-
-def _is_noise(column: str) -> bool:
-    """Bookkeeping columns (output folders, logging) that vary without being an axis."""
-    return column in NOISE_COLUMNS or column.startswith(NOISE_PREFIXES)
-
-
-def _n_values(values: pd.Series) -> int:
-    """Distinct non-missing values, robust to unhashable cells (lists, dicts)."""
-    values = values.dropna()
-    try:
-        return int(values.nunique())
-    except TypeError:
-        return int(values.astype(str).nunique())
-
-
-def _sort_key(value) -> tuple:
-    """Numbers in numeric order before anything else in string order."""
-    try:
-        return (0, float(value), "")
-    except (TypeError, ValueError):
-        return (1, 0.0, str(value))
-
-
-def _values(values: pd.Series) -> list:
-    """Sorted distinct non-missing values of a column."""
-    return sorted(pd.unique(values.dropna()), key=_sort_key)
-
-
-def _fmt(value) -> str:
-    """A compact label for an axis value."""
-    if isinstance(value, float | np.floating):
-        return f"{float(value):g}"
-    return str(value)
+# ----------------------------------------------------------------------------- labels
 
 
 def _name(column: str | None) -> str:
@@ -102,86 +72,6 @@ def _name(column: str | None) -> str:
         return AXIS_NAMES[column]
     return column.removeprefix("config.").replace("task.params.", "")
 
-
-def _short(column: str) -> str:
-    """A short symbol for a column in legends and panel titles (c, γ, overlap, …)."""
-    return SYMBOLS.get(column, column.rsplit(".", 1)[-1])
-
-
-def _finite(results: pd.DataFrame, metric: str = METRIC) -> pd.DataFrame:
-    """Rows whose metric is a finite number (diverged runs are left out of every mean)."""
-    values = pd.to_numeric(results[metric], errors="coerce").astype(float)
-    keep = np.isfinite(values.to_numpy())
-    return results.loc[keep].assign(**{metric: values[keep]})
-
-
-def _select(data: pd.DataFrame, column: str | None, value) -> pd.DataFrame:
-    """Rows at ``column == value``, plus the rows of regimes that do not vary ``column``."""
-    if column is None:
-        return data
-    varies = data.groupby("regime_label")[column].transform(lambda s: _n_values(s) > 1)
-    return data[(data[column] == value) | ~varies.astype(bool)]
-
-
-def _where(data: pd.DataFrame, where: dict | None) -> pd.DataFrame:
-    """Apply :func:`_select` for every ``column: value`` of ``where``."""
-    for column, value in (where or {}).items():
-        data = _select(data, column, value)
-    return data
-
-
-def _variant_columns(data: pd.DataFrame, exclude=()) -> list[str]:
-    """``config.finetune.*`` columns that vary within the PT+FT / PT+LP rows."""
-    rows = data[data["regime_label"].isin(FINETUNE_REGIMES)]
-    return [c for c in data.columns
-            if c.startswith("config.finetune.") and c not in exclude and _n_values(rows[c]) > 1]
-
-
-def _regime_order(labels) -> list[str]:
-    """Regime labels in the canonical order of REGIME_LABELS, unknown ones last."""
-    known = [v for v in REGIME_LABELS.values() if v in set(labels)]
-    return known + sorted(set(labels) - set(known))
-
-
-@dataclass(frozen=True)
-class Series:
-    """One plotted line: a regime, optionally at fixed finetuning values."""
-
-    label: str
-    regime: str
-    where: tuple[tuple[str, object], ...]
-    rank: int
-    size: int
-
-
-def _series(data: pd.DataFrame, exclude=()) -> list[Series]:
-    """The lines to draw: one per regime, PT+FT/PT+LP split by their varying finetune values."""
-    columns = _variant_columns(data, exclude)
-    out: list[Series] = []
-    for regime in _regime_order(data["regime_label"].unique()):
-        combos = _combos(data[data["regime_label"] == regime], columns, regime)
-        for rank, where in enumerate(combos):
-            extra = ", ".join(f"{_short(c)}={_fmt(v)}" for c, v in where)
-            label = f"{regime} ({extra})" if extra else regime
-            out.append(Series(label, regime, where, rank, len(combos)))
-    return out
-
-
-def _combos(rows: pd.DataFrame, columns: list[str], regime: str) -> list[tuple]:
-    """The distinct finetune-value combinations of one regime's rows (one empty one otherwise)."""
-    if regime not in FINETUNE_REGIMES or not columns:
-        return [()]
-    keys = rows[columns].dropna().drop_duplicates().itertuples(index=False, name=None)
-    combos = [tuple(zip(columns, key)) for key in keys]
-    return sorted(combos, key=lambda combo: [_sort_key(v) for _, v in combo])
-
-
-def _series_rows(data: pd.DataFrame, series: Series) -> pd.DataFrame:
-    """The rows of one line."""
-    rows = data[data["regime_label"] == series.regime]
-    for column, value in series.where:
-        rows = rows[rows[column] == value]
-    return rows
 
 
 # ----------------------------------------------------------------------------- drawing helpers
@@ -197,26 +87,31 @@ def _pyplot():
     return plt
 
 
-def _style(series: Series) -> dict:
+def _style(line: Series) -> dict:
     """Colour by regime; finetune variants of a regime differ in shade, line style and marker."""
     from matplotlib.colors import to_rgb
 
-    base = np.array(to_rgb(REGIME_COLOURS.get(series.regime, "#8c564b")))
-    mix = 0.55 * series.rank / max(series.size - 1, 1) if series.size > 1 else 0.0
+    base = np.array(to_rgb(REGIME_COLOURS.get(line.regime, "#8c564b")))
+    mix = 0.55 * line.rank / max(line.size - 1, 1) if line.size > 1 else 0.0
     colour = tuple(base + (1.0 - base) * mix)
-    return {"color": colour, "linestyle": LINESTYLES[series.rank % len(LINESTYLES)],
-            "marker": MARKERS[series.rank % len(MARKERS)]}
+    return {"color": colour, "linestyle": LINESTYLES[line.rank % len(LINESTYLES)],
+            "marker": MARKERS[line.rank % len(MARKERS)]}
 
 
-def _draw_lines(ax, data: pd.DataFrame, x: str, lines: list[Series], metric: str) -> None:
-    """Mean ± s.e.m. of ``metric`` against ``x`` for every line with data in this panel."""
-    for series in lines:
-        rows = _series_rows(data, series)
+def _draw_lines(ax, data: pd.DataFrame, x: str, lines: list[Series], metric: str,
+                everything: pd.DataFrame) -> None:
+    """Mean ± s.e.m. of ``metric`` against ``x`` for every line with data in this panel (from
+    the finite rows ``data``); points over a budget-stopped or diverged run among
+    ``everything`` (the same panel's rows, diverged ones included) are ringed or crossed."""
+    for line in lines:
+        rows = series_rows(data, line)
         if rows.empty:
             continue
         stats = _seed_stats(rows, x, metric)
+        style = _style(line)
         ax.errorbar(stats.index, stats["mean"], yerr=stats["sem"].fillna(0.0), capsize=3,
-                    markersize=4, label=series.label, **_style(series))
+                    markersize=4, label=line.label, **style)
+        mark_flagged(ax, series_rows(everything, line), x, stats["mean"], style["color"])
 
 
 def _seed_stats(rows: pd.DataFrame, x: str, metric: str) -> pd.DataFrame:
@@ -242,12 +137,15 @@ def _save(fig, path: str | Path) -> Path:
     return path
 
 
-def _legend(fig, axes) -> None:
-    """One legend for the whole figure, right of the panels, without duplicate labels."""
+def _legend(fig, axes, results: pd.DataFrame) -> None:
+    """One legend for the whole figure, right of the panels, without duplicate labels, with the
+    meaning of the rings and crosses on flagged points."""
     handles: dict = {}
     for ax in np.ravel(axes):
         for handle, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, handle)
+    for handle in flag_legend_handles(results):
+        handles.setdefault(handle.get_label(), handle)
     if handles:
         fig.legend(handles.values(), handles.keys(), loc="center left",
                    bbox_to_anchor=(1.0, 0.5), frameon=False)
@@ -267,19 +165,20 @@ def loss_vs_n(results: pd.DataFrame, facet: str | None, path: str | Path,
               metric: str = METRIC) -> Path:
     """Log–log test loss vs n_main per regime (mean ± s.e.m. over seeds), a panel per facet."""
     plt = _pyplot()
-    data = _finite(results, metric)
-    panels = _values(data[facet]) if facet else [None]
-    lines = _series(data, exclude={facet})
+    data = finite_rows(results, metric)
+    panels = sorted_values(data[facet]) if facet else [None]
+    lines = series(data, exclude={facet})
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels) + 0.6, 3.8),
                              sharey=True, squeeze=False)
     for ax, value in zip(axes[0], panels):
-        _draw_lines(ax, _select(data, facet, value), "n_main", lines, metric)
+        _draw_lines(ax, select(data, facet, value), "n_main", lines, metric,
+                    select(results, facet, value))
         n_main_axis(ax, data["n_main"])
         _loss_axis(ax, metric)
-        ax.set_title(f"{_short(facet)} = {_fmt(value)}" if facet else "all runs")
+        ax.set_title(f"{short(facet)} = {fmt(value)}" if facet else "all runs")
     for ax in axes[0][1:]:
         ax.set_ylabel("")
-    _legend(fig, axes)
+    _legend(fig, axes, results)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -295,15 +194,19 @@ def relative_map(results: pd.DataFrame, numerator: str = "PT+FT", denominator: s
     """
     numerator, denominator = REGIME_LABELS.get(numerator, numerator), REGIME_LABELS.get(
         denominator, denominator)
-    data = _where(_finite(results, metric), where)
+    everything = select_where(results, where)
+    data = select_where(finite_rows(results, metric), where)
     matrix = _log_ratio(data, numerator, denominator, x, y, metric)
+    marks = _ratio_marks(everything, matrix, numerator, denominator, x, y)
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(1.0 * matrix.shape[1] + 2.8, 0.7 * matrix.shape[0] + 1.8))
+    note = "\n* / †: a run in the cell stopped at the step budget / diverged" if (
+        marks.to_numpy() != "").any() else ""
     _heat(fig, ax, matrix, f"$\\log_2$({numerator} loss / {denominator} loss)\n"
-                           f"< 0: {numerator} better")
+                           f"< 0: {numerator} better" + note, marks)
     ax.set_xlabel(_name(x))
     ax.set_ylabel(_name(y) if y else "")
-    fixed = ", ".join(f"{_short(c)}={_fmt(v)}" for c, v in (where or {}).items())
+    fixed = ", ".join(f"{short(c)}={fmt(v)}" for c, v in (where or {}).items())
     ax.set_title(f"{numerator} vs {denominator}, mean {metric.replace('_', ' ')}"
                  + (f" ({fixed})" if fixed else ""))
     fig.tight_layout()
@@ -314,14 +217,14 @@ def relative_map(results: pd.DataFrame, numerator: str = "PT+FT", denominator: s
 def _log_ratio(data: pd.DataFrame, numerator: str, denominator: str, x: str, y: str | None,
                metric: str) -> pd.DataFrame:
     """log₂ of the ratio of mean losses, cell by cell (NaN where either side has no run)."""
-    xs = _values(data[x])
-    ys = _values(data[y]) if y else ["all"]
+    xs = sorted_values(data[x])
+    ys = sorted_values(data[y]) if y else ["all"]
     matrix = pd.DataFrame(np.nan, index=pd.Index(ys, name=y or ""),
                           columns=pd.Index(xs, name=x), dtype=float)
     for yv in ys:
-        rows = _select(data, y, yv) if y else data
+        rows = select(data, y, yv) if y else data
         for xv in xs:
-            cell = _select(rows, x, xv)
+            cell = select(rows, x, xv)
             top = cell.loc[cell["regime_label"] == numerator, metric].mean()
             bottom = cell.loc[cell["regime_label"] == denominator, metric].mean()
             if top > 0 and bottom > 0:
@@ -329,20 +232,35 @@ def _log_ratio(data: pd.DataFrame, numerator: str, denominator: str, x: str, y: 
     return matrix
 
 
-def _heat(fig, ax, matrix: pd.DataFrame, label: str) -> None:
-    """A diverging heat map centred at 0 with annotated cells and a labelled colour bar."""
+def _ratio_marks(everything: pd.DataFrame, matrix: pd.DataFrame, numerator: str,
+                 denominator: str, x: str, y: str | None) -> pd.DataFrame:
+    """Per cell of a ratio map, the flags (``*``, ``†``) of the runs of either regime in it."""
+    marks = pd.DataFrame("", index=matrix.index, columns=matrix.columns)
+    both = everything[everything["regime_label"].isin([numerator, denominator])]
+    for yv in matrix.index:
+        rows = select(both, y, yv) if y else both
+        for xv in matrix.columns:
+            cell = select(rows, x, xv)
+            marks.loc[yv, xv] = cell_mark(cell["status"]) if "status" in cell else ""
+    return marks
+
+
+def _heat(fig, ax, matrix: pd.DataFrame, label: str, marks: pd.DataFrame | None = None) -> None:
+    """A diverging heat map centred at 0 with annotated cells (and their flags) and a labelled
+    colour bar."""
     values = matrix.to_numpy(dtype=float)
     finite = values[np.isfinite(values)]
     vmax = max(float(np.abs(finite).max()) if finite.size else 0.0, 0.5)
     image = ax.imshow(np.ma.masked_invalid(values), cmap="RdBu_r", vmin=-vmax, vmax=vmax,
                       aspect="auto")
     for (i, j), value in np.ndenumerate(values):
-        text = f"{value:+.2f}" if np.isfinite(value) else "–"
+        text = (f"{value:+.2f}" if np.isfinite(value) else "–") + (
+            marks.iat[i, j] if marks is not None else "")
         dark = np.isfinite(value) and abs(value) > 0.6 * vmax
         ax.text(j, i, text, ha="center", va="center", fontsize=9,
                 color="white" if dark else "black")
-    ax.set_xticks(range(values.shape[1]), [_fmt(v) for v in matrix.columns])
-    ax.set_yticks(range(values.shape[0]), [_fmt(v) for v in matrix.index])
+    ax.set_xticks(range(values.shape[1]), [fmt(v) for v in matrix.columns])
+    ax.set_yticks(range(values.shape[0]), [fmt(v) for v in matrix.index])
     fig.colorbar(image, ax=ax).set_label(label)
 
 
@@ -354,28 +272,28 @@ def sparsity_dependence(results: pd.DataFrame, sparsity_col: str, path: str | Pa
     value of ``row`` if given; STL/MTL are drawn as references. Log loss axis.
     """
     plt = _pyplot()
-    data = _finite(results, metric)
-    sizes = _pick(_values(data["n_main"]))
-    rows = _values(data[row]) if row else [None]
-    lines = _series(data, exclude={sparsity_col, row})
+    data = finite_rows(results, metric)
+    sizes = _pick(sorted_values(data["n_main"]))
+    rows = sorted_values(data[row]) if row else [None]
+    lines = series(data, exclude={sparsity_col, row})
     fig, axes = plt.subplots(len(rows), len(sizes), sharey=True, squeeze=False,
                              figsize=(3.4 * len(sizes) + 0.6, 3.0 * len(rows) + 0.6))
     for i, rv in enumerate(rows):
         for j, n in enumerate(sizes):
             ax = axes[i][j]
-            _draw_lines(ax, _select(_select(data, row, rv), "n_main", n), sparsity_col, lines,
-                        metric)
+            _draw_lines(ax, select(select(data, row, rv), "n_main", n), sparsity_col, lines,
+                        metric, select(select(results, row, rv), "n_main", n))
             _sparsity_axis(ax, data[sparsity_col], sparsity_col, metric, first=j == 0)
-            ax.set_title(f"n_main = {int(n)}" + (f", {_short(row)} = {_fmt(rv)}" if row else ""))
-    _legend(fig, axes)
+            ax.set_title(f"n_main = {int(n)}" + (f", {short(row)} = {fmt(rv)}" if row else ""))
+    _legend(fig, axes, results)
     fig.tight_layout()
     return _save(fig, path)
 
 
 def _sparsity_axis(ax, values: pd.Series, column: str, metric: str, first: bool) -> None:
     """x ticked at the sparsity levels run, log loss axis (labelled on the first column)."""
-    ticks = [v for v in _values(values) if _sort_key(v)[0] == 0]
-    ax.set_xticks(ticks, [_fmt(v) for v in ticks])
+    ticks = [v for v in sorted_values(values) if sort_key(v)[0] == 0]
+    ax.set_xticks(ticks, [fmt(v) for v in ticks])
     ax.set_xlabel(_name(column))
     _loss_axis(ax, metric)
     if not first:
@@ -421,10 +339,10 @@ def write_report(results: pd.DataFrame, out_dir: str | Path, title: str = "Sweep
     figures.mkdir(parents=True, exist_ok=True)
     axes = swept_columns(results)
     facet = choose_facet(axes)
-    data = _finite(results)
-    items = [_loss_item(data, facet, figures)]
-    items += _ratio_items(data, facet, figures)
-    items.append(_sparsity_item(data, axes, facet, figures))
+    items = [_loss_item(results, facet, figures)]
+    items += _ratio_items(results, facet, figures)
+    items.append(_sparsity_item(results, axes, facet, figures))
+    data = finite_rows(results)
     page = root / "index.html"
     page.write_text(_html(title, results, data, axes, items), encoding="utf-8")
     if wandb and wandb.get("enabled"):
@@ -440,23 +358,25 @@ def write_report(results: pd.DataFrame, out_dir: str | Path, title: str = "Sweep
 
 def _averaged(axes: list[str], shown: set) -> str:
     """Caption suffix naming the swept axes a figure averages over."""
-    rest = [_short(a) for a in axes if a not in shown]
+    rest = [short(a) for a in axes if a not in shown]
     return f" Averaged over the other swept axes: {', '.join(rest)}." if rest else ""
 
 
-def _loss_item(data: pd.DataFrame, facet: str | None, figures: Path) -> Item:
+def _loss_item(results: pd.DataFrame, facet: str | None, figures: Path) -> Item:
     """Figure 1: loss vs n_main."""
+    data = finite_rows(results)
     if data.empty:
         return Item("Loss vs n_main skipped: no run has a finite test loss.")
-    loss_vs_n(data, facet, figures / "loss_vs_n.png")
-    shown = {facet, *_variant_columns(data, {facet})}
+    loss_vs_n(results, facet, figures / "loss_vs_n.png")
+    shown = {facet, *variant_columns(data, {facet})}
     return Item("Main-task test loss vs n_main (log–log), mean ± s.e.m. over seeds"
-                + (f", one panel per {_name(facet)}." if facet else ".")
+                + (f", one panel per {_name(facet)}." if facet else ".") + _FLAGS_CAPTION
                 + _averaged(swept_columns(data), shown), "figures/loss_vs_n.png")
 
 
-def _ratio_items(data: pd.DataFrame, facet: str | None, figures: Path) -> list[Item]:
+def _ratio_items(results: pd.DataFrame, facet: str | None, figures: Path) -> list[Item]:
     """Figure 2: PT+FT/MTL and PT+FT/STL log-ratio maps, one per PT+FT finetune setting."""
+    data = finite_rows(results)
     present = set(data["regime_label"]) if not data.empty else set()
     items = []
     for denominator in ("MTL", "STL"):
@@ -464,61 +384,59 @@ def _ratio_items(data: pd.DataFrame, facet: str | None, figures: Path) -> list[I
         if missing:
             items.append(Item(f"PT+FT / {denominator} ratio map skipped: the table has no "
                               f"{' or '.join(missing)} runs with a finite test loss (regimes "
-                              f"present: {', '.join(_regime_order(present)) or 'none'})."))
+                              f"present: {', '.join(regime_order(present)) or 'none'})."))
             continue
-        items += _ratio_maps(data, denominator, facet, figures)
+        items += _ratio_maps(results, denominator, facet, figures)
     return items
 
 
-def _ratio_maps(data: pd.DataFrame, denominator: str, facet: str | None,
+def _ratio_maps(results: pd.DataFrame, denominator: str, facet: str | None,
                 figures: Path) -> list[Item]:
     """One PT+FT / denominator map per combination of varying finetune values."""
-    lines = [s for s in _series(data, exclude={facet}) if s.regime == "PT+FT"]
+    data = finite_rows(results)
+    lines = [s for s in series(data, exclude={facet}) if s.regime == "PT+FT"]
     items = []
-    for series in lines:
-        where = dict(series.where)
+    for line in lines:
+        where = dict(line.where)
         name = f"ratio_ptft_{denominator.lower()}{_slug(where)}.png"
-        relative_map(data, "PT+FT", denominator, x="n_main", y=facet, path=figures / name,
+        relative_map(results, "PT+FT", denominator, x="n_main", y=facet, path=figures / name,
                      where=where)
         shown = {facet, *where}
-        items.append(Item(f"log₂ of the mean main-task test loss of {series.label} over that of "
+        items.append(Item(f"log₂ of the mean main-task test loss of {line.label} over that of "
                           f"{denominator}, per n_main" + (f" and {_name(facet)}" if facet else "")
-                          + "; blue: PT+FT better, red: worse."
+                          + "; blue: PT+FT better, red: worse. * / † after a value: a run "
+                          "in that cell stopped at the step budget / diverged."
                           + _averaged(swept_columns(data), shown), f"figures/{name}"))
     return items
 
 
 def _slug(where: dict) -> str:
     """A file-name suffix for fixed finetune values, e.g. ``_c0.1``."""
-    text = "".join(f"_{_short(c)}{_fmt(v)}" for c, v in where.items())
+    text = "".join(f"_{short(c)}{fmt(v)}" for c, v in where.items())
     return re.sub(r"[^A-Za-z0-9._+-]", "", text.replace("γ", "gamma"))
 
 
-def _sparsity_item(data: pd.DataFrame, axes: list[str], facet: str | None,
+def _sparsity_item(results: pd.DataFrame, axes: list[str], facet: str | None,
                    figures: Path) -> Item:
     """Figure 3: loss vs main-task sparsity, when k_main or m_main is swept."""
     column = sparsity_column(axes)
     if column is None:
         return Item("Sparsity plot skipped: neither k_main nor m_main is swept.")
+    data = finite_rows(results)
     if data.empty:
         return Item("Sparsity plot skipped: no run has a finite test loss.")
     row = facet if facet != column else None
-    sparsity_dependence(data, column, figures / "sparsity.png", row=row)
-    shown = {column, row, *_variant_columns(data, {column, row})}
+    sparsity_dependence(results, column, figures / "sparsity.png", row=row)
+    shown = {column, row, *variant_columns(data, {column, row})}
     return Item(f"Main-task test loss vs {_name(column)} (log loss), a line per PT+FT setting "
                 "with STL/MTL as references, a panel per n_main"
                 + (f" (rows: {_name(row)})" if row else "") + ". A loss that grows with the "
-                "number of features used reveals nested feature selection."
+                "number of features used reveals nested feature selection." + _FLAGS_CAPTION
                 + _averaged(swept_columns(data), shown), "figures/sparsity.png")
 
 
-def summary_table(data: pd.DataFrame, metric: str = METRIC) -> pd.DataFrame:
-    """Mean ``metric`` per line (regime, PT+FT split by finetune values) × n_main."""
-    means = {s.label: _series_rows(data, s).groupby("n_main")[metric].mean()
-             for s in _series(data)}
-    table = pd.DataFrame(means).T
-    table.columns.name = "n_main"
-    return table
+_FLAGS_CAPTION = (" A ring marks a mean over a run that stopped at the step budget, a cross one "
+                  "over a run that diverged.")
 
 
 def _counts(results: pd.DataFrame, data: pd.DataFrame) -> str:
@@ -543,13 +461,14 @@ def _html(title: str, results: pd.DataFrame, data: pd.DataFrame, axes: list[str]
     """The report page (inline CSS, figures referenced relative to the page)."""
     esc = html.escape
     axis_list = "".join(f"<li><code>{esc(a)}</code>: "
-                        f"{esc(', '.join(_fmt(v) for v in _values(results[a])))}</li>"
+                        f"{esc(', '.join(fmt(v) for v in sorted_values(results[a])))}</li>"
                         for a in axes) or "<li>none (a single configuration)</li>"
-    table = summary_table(data).to_html(float_format=lambda v: f"{v:.3g}", border=0,
-                                        na_rep="–") if not data.empty else "<p>no data</p>"
+    note = flags_note(results)
+    table = (marked_table(results).to_html(border=0) if not results.empty
+             else "<p>no data</p>") + (f"<pre class='note'>{esc(note)}</pre>" if note else "")
     body = [f"<h1>{esc(title)}</h1>", "<h2>Swept axes</h2>", f"<ul>{axis_list}</ul>",
             "<h2>Runs</h2>", _counts(results, data),
-            f"<h2>Mean {esc(METRIC.replace('_', ' '))} per regime × n_main</h2>", table,
+            f"<h2>Mean {esc(METRIC.replace('_', ' '))} per swept setting × regime</h2>", table,
             "<h2>Figures</h2>", *(_item_html(i) for i in items)]
     return ("<!DOCTYPE html>\n<html><head><meta charset='utf-8'>"
             f"<title>{esc(title)}</title><style>{CSS}</style></head><body>\n"

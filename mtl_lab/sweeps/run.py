@@ -8,8 +8,15 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from mtl_lab.config import REGIME_LABELS
-from mtl_lab.sweeps.execute import check_executor, execute, read_results
+from mtl_lab.config import REGIME_LABELS, ConfigError
+from mtl_lab.sweeps.execute import (
+    CONFIG_FILE,
+    SWEEP_FILE,
+    check_executor,
+    execute,
+    preflight,
+    read_results,
+)
 from mtl_lab.sweeps.plan import RunSpec, group_runs, runs_of
 from mtl_lab.sweeps.spec import SweepPoint, SweepSpec, load_sweep
 
@@ -73,13 +80,32 @@ def run_sweep(path: str | Path, output: str | Path | None = None, executor: str 
     check_executor(executor, jobs)
     plan = plan_sweep(path)
     out = sweep_dir(plan, output)
+    spec_text = yaml.safe_dump(plan.spec.model_dump(mode="json"), sort_keys=False)
+    claim_sweep_folder(out, spec_text)
+    preflight(out)  # an unreadable results file or checkpoint stops us before anything is written
     out.mkdir(parents=True, exist_ok=True)
     logging = plan.points[0].cfg.logging.model_dump(mode="json") if plan.points else {}
     (out / LOGGING_FILE).write_text(yaml.safe_dump(logging, sort_keys=False))
-    (out / "sweep.yaml").write_text(yaml.safe_dump(plan.spec.model_dump(mode="json"),
-                                                   sort_keys=False))
+    (out / SWEEP_FILE).write_text(spec_text)
     return execute(plan.runs, out, executor, address, progress, description=plan.spec.name,
                    jobs=jobs)
+
+
+def claim_sweep_folder(out: Path, spec_text: str) -> None:
+    """A sweep folder may take a sweep's runs; a comparison folder may not (it holds one
+    configuration). A sweep file that differs from the folder's ``sweep.yaml`` (more axis
+    values, say) adds its runs beside the earlier ones — every table groups by each config value
+    that varies, so nothing is averaged across settings — and the earlier file is kept as
+    ``sweep.<k>.yaml``."""
+    if (out / CONFIG_FILE).is_file() and not (out / SWEEP_FILE).is_file():
+        raise ConfigError(f"{out} holds a comparison ({CONFIG_FILE}), not a sweep; write the "
+                          "sweep to another folder with -o/--output")
+    old = out / SWEEP_FILE
+    if old.is_file() and old.read_text() != spec_text:
+        k = 1
+        while (out / f"sweep.{k}.yaml").exists():
+            k += 1
+        old.rename(out / f"sweep.{k}.yaml")
 
 
 def folder_logging(folder: str | Path) -> dict:
@@ -88,8 +114,8 @@ def folder_logging(folder: str | Path) -> dict:
     folder = Path(folder)
     if (folder / LOGGING_FILE).is_file():
         return yaml.safe_load((folder / LOGGING_FILE).read_text()) or {}
-    if (folder / "config.yaml").is_file():
-        return (yaml.safe_load((folder / "config.yaml").read_text()) or {}).get("logging") or {}
+    if (folder / CONFIG_FILE).is_file():
+        return (yaml.safe_load((folder / CONFIG_FILE).read_text()) or {}).get("logging") or {}
     return {}
 
 

@@ -117,6 +117,10 @@ def load_sweep(path: str | Path) -> tuple[SweepSpec, list[SweepPoint]]:
     """Read, validate and expand a sweep file; every problem is a ConfigError naming it."""
     path = Path(path)
     raw = read_yaml(path)
+    if isinstance(raw, dict) and "base" not in raw and {"regimes", "task"} & raw.keys():
+        raise ConfigError(f"{path} is a comparison config (it has "
+                          f"{', '.join(sorted({'regimes', 'task'} & raw.keys()))}), not a sweep "
+                          f"file: run it with `mtl-lab run {path}`")
     try:
         spec = SweepSpec.model_validate(raw)
     except ValidationError as err:
