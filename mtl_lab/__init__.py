@@ -6,6 +6,7 @@ heads) → ``mtl_lab.regimes`` (STL, MTL, PT+FT, PT+LP, lazy references) → ``m
 ``mtl_lab.cli``.
 """
 
+import mtl_lab.progress  # noqa: F401  (first: it sets how progress bars behave in notebooks)
 from mtl_lab.config import ComparisonConfig, ConfigError, load_config, validate_config
 
 __version__ = "0.1.0"

@@ -31,6 +31,7 @@ BUDGET, DIVERGED = "budget", "diverged"
 MARKS = {BUDGET: "*", DIVERGED: "†"}
 MEANINGS = {BUDGET: "stopped at the step budget (training.max_steps) before the loss threshold",
             DIVERGED: "diverged (NaN or loss above the limit after every lr restart)"}
+PRETRAINING = {BUDGET: "stopped at its step budget", DIVERGED: "diverged"}
 RING = {"marker": "o", "s": 110, "facecolors": "none", "linewidths": 1.3, "zorder": 4}
 CROSS = {"marker": "x", "s": 70, "linewidths": 1.6, "zorder": 5}
 
@@ -64,7 +65,7 @@ def flags_note(results: pd.DataFrame) -> str:
     for status, count in flag_counts(results).items():
         lines.append(f"{MARKS[status]} {count} of {total} runs {MEANINGS[status]}")
     for status, count in flag_counts(results, "pretrain_status").items():
-        lines.append(f"  ({count} runs start from a pretraining that {MEANINGS[status]})")
+        lines.append(f"  ({count} runs start from a pretraining that {PRETRAINING[status]})")
     return "\n".join(lines)
 
 

@@ -25,7 +25,6 @@ from typing import Any
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 import tasks
 from mtl_lab.analysis.features import (
@@ -41,6 +40,7 @@ from mtl_lab.comparison import read_results
 from mtl_lab.config import ConfigError, ModelConfig
 from mtl_lab.data import TaskTensors
 from mtl_lab.models import DiagonalNetwork, SharedTrunkNetwork
+from mtl_lab.progress import tqdm
 
 PROBE_SAMPLES = 1000
 RIDGE_REGIMES = ("lp_ridge", "ntk_ridge")

@@ -13,12 +13,12 @@ import lightning as L
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from mtl_lab.engine.gd import FullBatchGD, GDSettings, max_chunks, parameter_names
 from mtl_lab.engine.objective import LossTerm, member_losses
 from mtl_lab.engine.threads import ThreadGovernor
 from mtl_lab.models.base import SharedTrunkNetwork
+from mtl_lab.progress import tqdm
 
 
 class TicksDataModule(L.LightningDataModule):

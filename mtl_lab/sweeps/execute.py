@@ -30,13 +30,13 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 import tasks
 from mtl_lab.checkpoints import save_network
 from mtl_lab.config import REGIME_LABELS, ComparisonConfig, ConfigError, flatten
 from mtl_lab.data import TaskTensors
 from mtl_lab.interrupts import as_interrupted
+from mtl_lab.progress import tqdm
 from mtl_lab.sweeps.plan import RunSpec, group_runs, run_config
 
 RESULTS_FILE = "results.parquet"
