@@ -19,6 +19,7 @@ import time
 
 import torch
 
+from mtl_lab.analysis.callbacks import monitors_for
 from mtl_lab.config import validate_config
 from mtl_lab.data import make_term
 from mtl_lab.engine.memory import keep_freed_memory
@@ -88,7 +89,7 @@ def engine(net, x_list, y_list, steps: int, lr: float = 1e-3, budget_mb: float |
                                                "n_aux": 1}},
                            "training": training, "logging": {"csv": False, "progress": False},
                            "trainer": {"accelerator": "cpu"}})
-    ctx = GroupContext(cfg, progress=False)
+    ctx = GroupContext(cfg, progress=False, monitors=monitors_for(cfg.logging))
     coef = torch.tensor([1.0 / len(y) for y in y_list])
     term = make_term("main", x_list, y_list, coef)
     k = net.ensemble_size

@@ -12,6 +12,7 @@ import time
 
 import torch
 
+from mtl_lab.analysis.callbacks import monitors_for
 from mtl_lab.config import validate_config
 from mtl_lab.data import make_term
 from mtl_lab.engine.memory import keep_freed_memory
@@ -31,7 +32,7 @@ def train_seconds(monitors: bool, every: int, width: int, steps: int, k: int) ->
         "logging": {"csv": True, "progress": False, "monitors": monitors,
                     "monitor_every": every},
         "trainer": {"accelerator": "cpu"}})
-    ctx = GroupContext(cfg, progress=False)
+    ctx = GroupContext(cfg, progress=False, monitors=monitors_for(cfg.logging))
     x = torch.randn(512, 15)
     y = torch.relu(x[:, :3]).sum(1)
     coef = torch.full((k,), 1 / 512)

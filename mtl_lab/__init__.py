@@ -1,9 +1,14 @@
 """mtl-lab: the inductive biases of multi-task learning and pretraining-then-finetuning.
 
-Layers, in dependency order: ``tasks`` (task families) → ``mtl_lab.models`` (shared trunk +
-heads) → ``mtl_lab.regimes`` (STL, MTL, PT+FT, PT+LP, lazy references) → ``mtl_lab.engine``
-(batched full-batch GD, Lightning recipes) → ``mtl_lab.comparison`` (runs, results table) →
-``mtl_lab.cli``.
+Layers, in dependency order (imports only run downward; ``tests/test_layers.py`` checks it):
+``tasks`` (task families) → core (``mtl_lab.config``, ``mtl_lab.regime_specs``: what each
+regime is) → ``mtl_lab.models`` (shared trunk + heads, checkpoints) → ``mtl_lab.engine``
+(batched full-batch GD, Lightning recipes) → ``mtl_lab.regimes`` (STL, MTL, PT+FT, PT+LP, lazy
+references). Beside them, the analyzers (``mtl_lab.analysis`` measures and training-time
+callbacks, on models) and the results store with its tables and figures (``mtl_lab.results``,
+``mtl_lab.tables``, ``mtl_lab.plots``). Above: execution (``mtl_lab.sweeps``,
+``mtl_lab.comparison``: runs, results table) and, independent of it, reports (``mtl-lab
+analyze``'s after-the-fact analysis, the sweep report) → ``mtl_lab.cli``.
 """
 
 import mtl_lab.progress  # noqa: F401  (first: it sets how progress bars behave in notebooks)

@@ -9,10 +9,12 @@ from pathlib import Path
 from mtl_lab.config import dump_config, load_config
 from mtl_lab.errors import InputError
 from mtl_lab.interrupts import as_interrupted, stop_on_signals
+from mtl_lab.regime_specs import REGIME_SPECS
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from mtl_lab.comparison import read_results, run_comparison
+    from mtl_lab.comparison import run_comparison
+    from mtl_lab.results import read_results
 
     cfg = load_config(args.config, args.overrides)
     if args.print_config:
@@ -115,7 +117,9 @@ def _cmd_families(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mtl-lab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run a comparison (regimes × seeds × n_main on one task)")
+    regimes = ", ".join(f"{s.name} ({s.label})" for s in REGIME_SPECS.values())
+    run = sub.add_parser("run", help="run a comparison (regimes × seeds × n_main on one task)",
+                         epilog=f"regimes: {regimes}")
     run.add_argument("config", help="YAML comparison config")
     run.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. seeds=[0,1]")
     run.add_argument("--output", "-o", help="output folder (default: runs/<name>)")

@@ -22,15 +22,8 @@ from mtl_lab.config import (
     validate_config,
 )
 from mtl_lab.plots import plot_comparison
-from mtl_lab.sweeps.execute import (
-    CONFIG_FILE,
-    SWEEP_FILE,
-    execute,
-    load_task,
-    preflight,
-    read_results,
-    write_results,
-)
+from mtl_lab.results import CONFIG_FILE, SWEEP_FILE, read_results, write_results
+from mtl_lab.sweeps.execute import execute, load_task, preflight
 from mtl_lab.sweeps.plan import make_run_id, run_config, runs_of
 from mtl_lab.tables import mean_table
 

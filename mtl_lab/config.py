@@ -26,17 +26,18 @@ from pydantic import (
 )
 
 from mtl_lab.errors import ConfigError
+from mtl_lab.regime_specs import REGIME_NAMES
 
-REGIMES = ("stl", "mtl", "ptft", "ptlp", "lp_ridge", "ntk_ridge")
-REGIME_LABELS = {
-    "stl": "STL",
-    "mtl": "MTL",
-    "ptft": "PT+FT",
-    "ptlp": "PT+LP",
-    "lp_ridge": "LP ridge",
-    "ntk_ridge": "NTK ridge",
+Regime = Literal[REGIME_NAMES]  # the registry's names: an unknown regime lists the choices
+
+# Values that may differ between the members of one batched group, each a config path and the
+# field of :class:`mtl_lab.regimes.Member` that carries it. Everything else must be equal within
+# a group (:func:`mtl_lab.sweeps.plan.group_key`).
+MEMBER_KNOBS: dict[str, str] = {
+    "training.lr": "lr",
+    "finetune.rescale": "rescale",
+    "finetune.head_init_scale": "head_init_scale",
 }
-Regime = Literal["stl", "mtl", "ptft", "ptlp", "lp_ridge", "ntk_ridge"]
 
 
 class Strict(BaseModel):
@@ -307,6 +308,30 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Compari
 def dump_config(cfg: ComparisonConfig) -> str:
     """The fully resolved config as YAML (every default filled in)."""
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def get_path(cfg: BaseModel, key: str) -> Any:
+    """The value at ``a.b.c`` of a config (``cfg.a.b.c``)."""
+    node: Any = cfg
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def member_knobs(cfg: ComparisonConfig) -> dict[str, Any]:
+    """The per-member values of a run's config, by :class:`~mtl_lab.regimes.Member` field."""
+    return {name: get_path(cfg, key) for key, name in MEMBER_KNOBS.items()}
+
+
+def drop_member_knobs(tree: dict[str, Any]) -> dict[str, Any]:
+    """Remove every per-member value from a dumped config (in place; returns it)."""
+    for key in MEMBER_KNOBS:
+        *sections, last = key.split(".")
+        node = tree
+        for part in sections:
+            node = node[part]
+        node.pop(last)
+    return tree
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

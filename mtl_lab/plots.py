@@ -6,16 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mtl_lab.config import REGIME_LABELS
-
-REGIME_COLOURS = {
-    "STL": "#4d4d4d",
-    "MTL": "#1f77b4",
-    "PT+FT": "#d62728",
-    "PT+LP": "#ff7f0e",
-    "LP ridge": "#9467bd",
-    "NTK ridge": "#2ca02c",
-}
+from mtl_lab.regime_specs import REGIME_SPECS
 
 
 def n_main_axis(ax, values) -> None:
@@ -54,12 +45,13 @@ def comparison_figure(results: pd.DataFrame, metric: str = "test_loss_main",
     finite = results[pd.to_numeric(results[metric], errors="coerce").notna()]
     stats = finite.groupby(["regime_label", "n_main"])[metric].agg(["mean", "sem", "count"])
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    for label in [v for v in REGIME_LABELS.values() if v in stats.index.get_level_values(0)]:
-        part = stats.loc[label]
+    present = set(stats.index.get_level_values(0))
+    for spec in [s for s in REGIME_SPECS.values() if s.label in present]:
+        part = stats.loc[spec.label]
         ax.errorbar(part.index, part["mean"], yerr=part["sem"].fillna(0.0), marker="o",
-                    capsize=3, label=label, color=REGIME_COLOURS[label])
-        mark_flagged(ax, results[results["regime_label"] == label], "n_main", part["mean"],
-                     REGIME_COLOURS[label])
+                    capsize=3, label=spec.label, color=spec.colour)
+        mark_flagged(ax, results[results["regime_label"] == spec.label], "n_main", part["mean"],
+                     spec.colour)
     n_main_axis(ax, results["n_main"])
     ax.set_yscale("log")
     ax.set_ylabel(f"{metric.replace('_', ' ')} (MSE), mean ± s.e.m.")

@@ -34,8 +34,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from mtl_lab.config import REGIME_LABELS
 from mtl_lab.flags import cell_mark
+from mtl_lab.regime_specs import labels_in_order, labels_where
 
 METRIC = "test_loss_main"
 NOISE_COLUMNS = frozenset({
@@ -43,7 +43,7 @@ NOISE_COLUMNS = frozenset({
     "config.n_main", "config.task.cache_dir",
 })
 NOISE_PREFIXES = ("config.logging.", "config.trainer.")
-FINETUNE_REGIMES = ("PT+FT", "PT+LP")
+FINETUNE_LABELS = labels_where(finetunes=True)  # regimes whose finetune values are kept apart
 SYMBOLS = {"config.finetune.rescale": "c", "config.finetune.head_init_scale": "γ"}
 
 
@@ -115,16 +115,16 @@ def select_where(data: pd.DataFrame, fixed: dict | None) -> pd.DataFrame:
 
 
 def variant_columns(data: pd.DataFrame, exclude=()) -> list[str]:
-    """``config.finetune.*`` columns that vary within the PT+FT / PT+LP rows."""
-    rows = data[data["regime_label"].isin(FINETUNE_REGIMES)]
+    """``config.finetune.*`` columns that vary within the rows of finetuning regimes (PT+FT,
+    PT+LP)."""
+    rows = data[data["regime_label"].isin(FINETUNE_LABELS)]
     return [c for c in data.columns
             if c.startswith("config.finetune.") and c not in exclude and n_values(rows[c]) > 1]
 
 
 def regime_order(labels) -> list[str]:
-    """Regime labels in the canonical order of REGIME_LABELS, unknown ones last."""
-    known = [v for v in REGIME_LABELS.values() if v in set(labels)]
-    return known + sorted(set(labels) - set(known))
+    """Regime labels in the canonical order of the regime registry, unknown ones last."""
+    return labels_in_order(labels)
 
 
 @dataclass(frozen=True)
@@ -154,7 +154,7 @@ def series(data: pd.DataFrame, exclude=()) -> list[Series]:
 
 def _combos(rows: pd.DataFrame, columns: list[str], regime: str) -> list[tuple]:
     """The distinct finetune-value combinations of one regime's rows (one empty one otherwise)."""
-    if regime not in FINETUNE_REGIMES or not columns:
+    if regime not in FINETUNE_LABELS or not columns:
         return [()]
     keys = rows[columns].dropna().drop_duplicates().itertuples(index=False, name=None)
     combos = [tuple(zip(columns, key)) for key in keys]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,10 +18,19 @@ from tests.conftest import tiny_raw
 BIG_WORK = 1e12  # a step so large that only the cap and the free cores limit the threads
 
 
+def _cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11])  # utime, in clock ticks
+
+
 @pytest.fixture
 def one_busy_process():
     proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-    time.sleep(0.5)
+    end = time.monotonic() + 10
+    while time.monotonic() < end:  # until it is past start-up and spinning
+        time.sleep(0.1)
+        if Path(f"/proc/{proc.pid}").is_dir() and _cpu_ticks(proc.pid) > 20:
+            break
     yield proc
     proc.kill()
     proc.wait()

@@ -12,6 +12,8 @@ Each logs the mean over the ensemble members of the sub-ensemble now training.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import lightning as L
 import torch
 
@@ -92,3 +94,12 @@ def default_monitors(every_n: int) -> list[L.Callback]:
     """The analyzers logged during training at the configured frequency."""
     return [RepresentationMonitor(every_n), FeatureReuseMonitor(every_n),
             PathNormMonitor(every_n), ConservationMonitor(every_n)]
+
+
+def monitors_for(logging_cfg) -> Callable[[], list[L.Callback]]:
+    """What a regime's fits log, from a config's ``logging`` section: a factory of fresh
+    :func:`default_monitors` for each fit when ``logging.monitors`` is on, of none otherwise
+    (``GroupContext(cfg, monitors=monitors_for(cfg.logging))``)."""
+    if not logging_cfg.monitors:
+        return list
+    return lambda: default_monitors(logging_cfg.monitor_every)

@@ -32,8 +32,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from mtl_lab.regime_specs import REGIME_SPECS
+
 SPARSITY_COLUMNS = ("config.task.params.k_main", "config.task.params.m_main")
-KERNEL_REFERENCES = ("lp_ridge", "ntk_ridge")
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ def sparsity_column(analysis: pd.DataFrame) -> str:
 
 def _condition(row: pd.Series) -> str:
     label = row["regime_label"]
-    if row["regime"] in ("ptft", "ptlp"):
+    if REGIME_SPECS[row["regime"]].finetunes:
         label += f" (c={row['config.finetune.rescale']:g})"
     return label
 
@@ -89,9 +90,10 @@ def diagnose(analysis: pd.DataFrame, rule: DiagnosisRule = DiagnosisRule()) -> p
     rows = []
     for condition, runs in frame.groupby("condition", sort=False):
         s, evidence = sparsity_dependence(runs, column, rule.solved_fraction)
-        reuse = 0.0 if runs["regime"].iloc[0] == "stl" else float(
+        spec = REGIME_SPECS[runs["regime"].iloc[0]]
+        reuse = 0.0 if not spec.sees_aux else float(  # nothing auxiliary to reuse
             runs.get("main_share_on_aux", pd.Series([float("nan")])).mean())
-        if runs["regime"].iloc[0] in KERNEL_REFERENCES:
+        if spec.kernel_reference:
             label = "lazy (kernel reference)"  # fixed features by construction: no reuse measure
         elif math.isnan(reuse):
             label = "n/a (no reuse measure)"

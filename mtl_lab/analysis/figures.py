@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from mtl_lab.config import REGIME_LABELS
 from mtl_lab.flags import flag_legend_handles, mark_flagged
-from mtl_lab.plots import REGIME_COLOURS, n_main_axis
+from mtl_lab.plots import n_main_axis
+from mtl_lab.regime_specs import REGIME_SPECS, colour_of
 
 LABEL_COLOURS = {"reused": "#2ca02c", "modified": "#ff7f0e", "new": "#d62728",
                  "unused": "#c7c7c7"}
@@ -76,7 +76,9 @@ def _save(fig, path: Path) -> Path:
 
 
 def _regimes(frame: pd.DataFrame) -> list[str]:
-    return [v for v in REGIME_LABELS.values() if v in set(frame["regime_label"])]
+    """The labels of the registered regimes present in ``frame``, in the registry's order."""
+    present = set(frame["regime_label"])
+    return [s.label for s in REGIME_SPECS.values() if s.label in present]
 
 
 def metric_figure(analysis: pd.DataFrame, metrics: list[str], title: str):
@@ -93,7 +95,7 @@ def metric_figure(analysis: pd.DataFrame, metrics: list[str], title: str):
             means = rows.groupby("n_main")[metric].mean().dropna()
             if means.empty:
                 continue
-            colour = REGIME_COLOURS[label]
+            colour = colour_of(label)
             (line,) = ax.plot(means.index, means.values, marker="o", label=label, color=colour)
             handles.setdefault(label, line)
             mark_flagged(ax, rows, "n_main", means, colour)

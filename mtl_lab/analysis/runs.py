@@ -36,15 +36,14 @@ from mtl_lab.analysis.features import (
 )
 from mtl_lab.analysis.weights import layer_changes
 from mtl_lab.checkpoints import load_network
-from mtl_lab.comparison import read_results
 from mtl_lab.config import ConfigError, ModelConfig
 from mtl_lab.data import TaskTensors
 from mtl_lab.models import DiagonalNetwork, SharedTrunkNetwork
 from mtl_lab.progress import tqdm
+from mtl_lab.regime_specs import REGIME_SPECS
+from mtl_lab.results import read_results
 
 PROBE_SAMPLES = 1000
-RIDGE_REGIMES = ("lp_ridge", "ntk_ridge")
-PRETRAINED_REGIMES = ("ptft", "ptlp", *RIDGE_REGIMES)
 MAIN_UNIT_COLUMNS = ("head_main", "contrib_main", "beta_main")
 REUSE_KEYS = (*(f"share_{label}" for label in LABELS), "main_share_on_aux", "contribution_cosine")
 
@@ -78,27 +77,27 @@ def starting_network(row: dict[str, Any], pretrained: SharedTrunkNetwork | None,
     from mtl_lab.regimes.base import build_network
     from mtl_lab.regimes.gradient import prepare_finetune
 
-    regime, seed = row["regime"], int(row["seed"])
-    if regime in RIDGE_REGIMES:
+    spec, seed = REGIME_SPECS[row["regime"]], int(row["seed"])
+    if spec.trains == "closed_form":  # no gradient training, so no starting point
         return None
-    if regime in ("ptft", "ptlp"):
+    if spec.pretrained:
         if pretrained is None:
             return None
         start = pretrained.select_members([0])
         prepare_finetune(start, [float(row["config.finetune.rescale"])],
                          [float(row["config.finetune.head_init_scale"])], [seed])
         return start
-    tasks_ = ("main",) if regime == "stl" else ("aux", "main")
-    return build_network(_model_config(row), in_dim, tasks_, [seed])
+    return build_network(_model_config(row), in_dim, spec.heads, [seed])
 
 
 def load_artifacts(out_dir: Path, row: dict[str, Any], results: pd.DataFrame) -> RunArtifacts:
     """Reload the trained run, its reference networks, teacher and probe inputs."""
+    spec = REGIME_SPECS[row["regime"]]
     ckpt = out_dir / "checkpoints"
     net, _ = load_network(ckpt / f"run-{row['run_id']}.pt")
     pretrained = None
     key = _clean(row.get("pretrain_key"))
-    if key is not None and row["regime"] in PRETRAINED_REGIMES:
+    if key is not None and spec.pretrained:
         pretrained, _ = load_network(ckpt / f"pretrain-{key}.pt")
     params = json.loads(row["task_params"])
     family = row["config.task.family"]
@@ -106,16 +105,19 @@ def load_artifacts(out_dir: Path, row: dict[str, Any], results: pd.DataFrame) ->
                           cache_dir=_clean(row.get("config.task.cache_dir")))
     probe = TaskTensors.from_dataset_dict(dd).x["main_test"][:PROBE_SAMPLES]
     teacher = tasks.task_teacher(family, params, int(row["seed"]))
-    reference = pretrained
-    if row["regime"] == "mtl":
-        reference = _stl_twin(out_dir, row, results)
+    reference = None
+    if spec.reference == "pretrained":
+        reference = pretrained
+    elif spec.reference is not None:
+        reference = _twin(out_dir, row, results, spec.reference)
     start = starting_network(row, pretrained, probe.shape[1])
     return RunArtifacts(row, net, start, pretrained, reference, teacher, probe)
 
 
-def _stl_twin(out_dir: Path, row: dict[str, Any], results: pd.DataFrame):
-    """The STL run of the same comparison settings, seed and n_main (MTL's reference)."""
-    same = results[(results["regime"] == "stl") & (results["seed"] == row["seed"])
+def _twin(out_dir: Path, row: dict[str, Any], results: pd.DataFrame, regime: str):
+    """The network of the ``regime`` run with the same task settings, seed and n_main (MTL's
+    reference is its STL twin)."""
+    same = results[(results["regime"] == regime) & (results["seed"] == row["seed"])
                    & (results["n_main"] == row["n_main"])
                    & (results["task_params"] == row["task_params"])]
     if same.empty:
@@ -132,8 +134,8 @@ def analyze_one(art: RunArtifacts, thresholds: ReuseThresholds = DEFAULT_THRESHO
     net, row = art.net, art.row
     if "main" not in net.tasks:
         return _analyze_without_main(art, thresholds)
-    table = feature_table(net, art.pretrained if row["regime"] in ("ptft", "ptlp") else None,
-                          art.teacher, art.probe, thresholds)
+    start_from = art.pretrained if REGIME_SPECS[row["regime"]].pretrained else None
+    table = feature_table(net, start_from, art.teacher, art.probe, thresholds)
     out: dict[str, Any] = {"run_id": row["run_id"], **reuse_summary(table)}
     with torch.no_grad():
         feats = net.features(art.probe)[0].double()
@@ -157,11 +159,9 @@ def analyze_one(art: RunArtifacts, thresholds: ReuseThresholds = DEFAULT_THRESHO
 
 def _kernel_features(art: RunArtifacts, x: torch.Tensor) -> torch.Tensor:
     """The features a ridge reference regresses on: ∇_θ f_aux (NTK ridge) or h(x) (LP ridge)."""
-    from mtl_lab.regimes.ridge import gradient_features, trunk_features
+    from mtl_lab.regimes.ridge import kernel_features
 
-    if art.row["regime"] == "ntk_ridge":
-        return gradient_features(art.net, x, "aux")
-    return trunk_features(art.net, x)
+    return kernel_features(art.row["regime"], art.net, x)
 
 
 def _analyze_without_main(art: RunArtifacts, thresholds: ReuseThresholds

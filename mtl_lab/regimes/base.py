@@ -6,7 +6,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from mtl_lab.config import ComparisonConfig, ModelConfig, TrainingConfig
+from mtl_lab.config import MEMBER_KNOBS, ComparisonConfig, ModelConfig, TrainingConfig
 from mtl_lab.data import TaskTensors
 from mtl_lab.engine import (
     FullBatchRecipe,
@@ -34,7 +34,11 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 @dataclass
 class Member:
-    """One run inside a batched group: its data and the values that may differ per member."""
+    """One run inside a batched group: its data and the values that may differ per member.
+
+    The fields after ``data`` are the per-member values of :data:`mtl_lab.config.MEMBER_KNOBS`
+    (checked below), filled from a run's config by :func:`mtl_lab.config.member_knobs`.
+    """
 
     run_id: str
     seed: int
@@ -44,15 +48,28 @@ class Member:
     head_init_scale: float = 1e-3
 
 
+_IDENTITY = ("run_id", "seed", "data")
+if tuple(f.name for f in fields(Member)) != (*_IDENTITY, *MEMBER_KNOBS.values()):
+    raise TypeError(f"Member's per-member fields must be those of MEMBER_KNOBS, in order: "
+                    f"{list(MEMBER_KNOBS.values())}")
+
+
 @dataclass
 class GroupContext:
-    """Settings shared by every member of a group, and where to put logs and checkpoints."""
+    """Settings shared by every member of a group, and where to put logs and checkpoints.
+
+    ``monitors`` makes the training-time analyzers (Lightning callbacks) for one fit; the caller
+    chooses them (:func:`mtl_lab.sweeps.execute.train_group` gives
+    :func:`mtl_lab.analysis.callbacks.monitors_for` of the config's ``logging``), so that
+    regimes do not depend on the analysis. The default logs none.
+    """
 
     cfg: ComparisonConfig
     out_dir: Path | None = None
     progress: bool | Callable[[str, int, int, dict], None] = True  # or a GDProgress sink
     loggers: Callable[[str], list] = field(default=lambda name: [])
     pretrain_store: Any = None
+    monitors: Callable[[], list] = field(default=lambda: [])
 
     @property
     def device(self) -> torch.device:
@@ -160,10 +177,7 @@ def _fit(net, terms, trainable, lr, training: TrainingConfig, ctx: GroupContext,
                                  dtype, member_chunk=chunk, governor=governor)
         sink = ctx.progress if callable(ctx.progress) else None
         callbacks = [GDProgress(name, sink=sink)] if ctx.progress else []
-        if ctx.cfg.logging.monitors:
-            from mtl_lab.analysis.callbacks import default_monitors
-
-            callbacks += default_monitors(ctx.cfg.logging.monitor_every)
+        callbacks += ctx.monitors()
         trainer = _trainer(ctx, name, callbacks, ticks=recipe.ticks())
         trainer.fit(recipe, datamodule=TicksDataModule(recipe.ticks()))
         trained = recipe.trained_network().cpu().float()

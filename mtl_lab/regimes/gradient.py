@@ -6,6 +6,9 @@
 * PT+FT — pretrain on 'aux', keep the trunk, rescale it by c, add a fresh 'main' head of scale γ,
   train trunk and head on the main task;
 * PT+LP — as PT+FT but only the new head trains (a linear probe on frozen features).
+
+Which heads a network has, which train and under what name a fit logs come from the regime's
+:class:`~mtl_lab.regime_specs.RegimeSpec`.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import torch
 from mtl_lab.data import counts, split_term
 from mtl_lab.engine import task_weights
 from mtl_lab.models import SharedTrunkNetwork
+from mtl_lab.regime_specs import REGIME_SPECS, RegimeSpec
 from mtl_lab.regimes.base import (
     GroupContext,
     Member,
@@ -47,25 +51,37 @@ def _lrs(members: Sequence[Member]) -> torch.Tensor:
     return torch.tensor([m.lr for m in members])
 
 
+def trainable(spec: RegimeSpec, finetune_train: str = "all") -> list[str]:
+    """What a regime's main fit updates: the trunk and its fresh heads (``trains == "all"``,
+    unless ``finetune.train`` restricts a finetuning regime to its head) or the fresh heads
+    only."""
+    heads = list(spec.fresh_heads)
+    if spec.trains == "all" and (finetune_train == "all" or not spec.finetunes):
+        return ["trunk", *heads]
+    return heads
+
+
 def train_stl(members: Sequence[Member], ctx: GroupContext) -> list[MemberResult]:
     """STL: L = (1/n_main) Σ_i (f_main(x_i) − y_i)² on a fresh network."""
+    spec = REGIME_SPECS["stl"]
     datas = [m.data for m in members]
-    net = build_network(ctx.cfg.model, datas[0].in_dim, ("main",), [m.seed for m in members])
+    net = build_network(ctx.cfg.model, datas[0].in_dim, spec.heads, [m.seed for m in members])
     term = split_term(datas, "main_train", "main", 1.0 / counts(datas, "main_train"))
-    net, summ, hist = fit(net, [term], ["trunk", "heads"], _lrs(members), ctx.cfg.training,
-                          ctx, "stl")
+    net, summ, hist = fit(net, [term], trainable(spec), _lrs(members), ctx.cfg.training,
+                          ctx, spec.name)
     return _results(net, members, summ, hist)
 
 
 def train_mtl(members: Sequence[Member], ctx: GroupContext) -> list[MemberResult]:
     """MTL: L = Σ_t Σ_i c_t (f_t(x_i) − y_i)² with the configured task weighting c_t."""
+    spec = REGIME_SPECS["mtl"]
     datas = [m.data for m in members]
-    net = build_network(ctx.cfg.model, datas[0].in_dim, ("aux", "main"), [m.seed for m in members])
-    n = {"aux": counts(datas, "aux_train"), "main": counts(datas, "main_train")}
+    net = build_network(ctx.cfg.model, datas[0].in_dim, spec.heads, [m.seed for m in members])
+    n = {t: counts(datas, f"{t}_train") for t in spec.tasks}
     w = task_weights(n, ctx.cfg.mtl.weighting, ctx.cfg.mtl.weights)
-    terms = [split_term(datas, f"{t}_train", t, w[t]) for t in ("aux", "main")]
-    net, summ, hist = fit(net, terms, ["trunk", "heads"], _lrs(members), ctx.cfg.training,
-                          ctx, "mtl")
+    terms = [split_term(datas, f"{t}_train", t, w[t]) for t in spec.tasks]
+    net, summ, hist = fit(net, terms, trainable(spec), _lrs(members), ctx.cfg.training,
+                          ctx, spec.name)
     return _results(net, members, summ, hist)
 
 
@@ -85,21 +101,21 @@ def prepare_finetune(net: SharedTrunkNetwork, rescale: Sequence[float],
     net.add_head("main", torch.tensor(head_scale, dtype=torch.float32), seeds)
 
 
-def _train_finetune(members: Sequence[Member], ctx: GroupContext, trainable: list[str],
-                    name: str) -> list[MemberResult]:
+def _train_finetune(members: Sequence[Member], ctx: GroupContext, spec: RegimeSpec
+                    ) -> list[MemberResult]:
     datas = [m.data for m in members]
     net, pt = finetune_start(members, ctx)
     term = split_term(datas, "main_train", "main", 1.0 / counts(datas, "main_train"))
-    net, summ, hist = fit(net, [term], trainable, _lrs(members), ctx.cfg.training, ctx, name)
+    net, summ, hist = fit(net, [term], trainable(spec, ctx.cfg.finetune.train), _lrs(members),
+                          ctx.cfg.training, ctx, spec.name)
     return _results(net, members, summ, hist, pt)
 
 
 def train_ptft(members: Sequence[Member], ctx: GroupContext) -> list[MemberResult]:
     """PT+FT: finetune trunk and new head (or the head only, if finetune.train = head)."""
-    trainable = ["trunk", "main"] if ctx.cfg.finetune.train == "all" else ["main"]
-    return _train_finetune(members, ctx, trainable, "ptft")
+    return _train_finetune(members, ctx, REGIME_SPECS["ptft"])
 
 
 def train_ptlp(members: Sequence[Member], ctx: GroupContext) -> list[MemberResult]:
     """PT+LP: only the new main head trains, on the frozen pretrained (rescaled) trunk."""
-    return _train_finetune(members, ctx, ["main"], "ptlp")
+    return _train_finetune(members, ctx, REGIME_SPECS["ptlp"])

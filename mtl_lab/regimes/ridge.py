@@ -17,6 +17,7 @@ from torch import Tensor
 from torch.func import functional_call, jacrev
 
 from mtl_lab.models import SharedTrunkNetwork
+from mtl_lab.regime_specs import REGIME_SPECS
 from mtl_lab.regimes.base import GroupContext, Member, MemberResult
 from mtl_lab.regimes.pretrain import pretrained_for
 
@@ -64,6 +65,14 @@ def gradient_features(net: SharedTrunkNetwork, x: Tensor, task: str = "aux",
     return torch.cat(rows).double()
 
 
+KERNEL_FEATURES = {"trunk": trunk_features, "gradient": gradient_features}  # RegimeSpec.kernel
+
+
+def kernel_features(regime: str, net: SharedTrunkNetwork, x: Tensor) -> Tensor:
+    """The features φ(x) that a kernel reference's ridge regression uses, for one network."""
+    return KERNEL_FEATURES[REGIME_SPECS[regime].kernel](net, x)
+
+
 def _ridge(members: Sequence[Member], ctx: GroupContext, featurize) -> list[MemberResult]:
     net, pt = pretrained_for(members, ctx)
     out = []
@@ -96,9 +105,9 @@ def _ridge(members: Sequence[Member], ctx: GroupContext, featurize) -> list[Memb
 
 def train_lp_ridge(members: Sequence[Member], ctx: GroupContext) -> list[MemberResult]:
     """LP ridge: kernel ridge on the frozen pretrained trunk features h(x)."""
-    return _ridge(members, ctx, trunk_features)
+    return _ridge(members, ctx, KERNEL_FEATURES[REGIME_SPECS["lp_ridge"].kernel])
 
 
 def train_ntk_ridge(members: Sequence[Member], ctx: GroupContext) -> list[MemberResult]:
     """NTK ridge: kernel ridge on the pretrained network's parameter gradients ∇_θ f_aux(x)."""
-    return _ridge(members, ctx, gradient_features)
+    return _ridge(members, ctx, KERNEL_FEATURES[REGIME_SPECS["ntk_ridge"].kernel])

@@ -22,7 +22,6 @@ import multiprocessing
 import os
 import threading
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
@@ -33,41 +32,15 @@ import torch
 
 import tasks
 from mtl_lab.checkpoints import save_network
-from mtl_lab.config import REGIME_LABELS, ComparisonConfig, ConfigError, flatten
+from mtl_lab.config import ComparisonConfig, ConfigError, flatten, member_knobs
 from mtl_lab.data import TaskTensors
 from mtl_lab.interrupts import as_interrupted
 from mtl_lab.progress import tqdm
+from mtl_lab.regime_specs import REGIME_SPECS
+from mtl_lab.results import RESULTS_FILE, read_results, write_results
 from mtl_lab.sweeps.plan import RunSpec, group_runs, run_config
 
-RESULTS_FILE = "results.parquet"
-CONFIG_FILE = "config.yaml"  # a comparison folder's configuration
-SWEEP_FILE = "sweep.yaml"  # a sweep folder's sweep file
 EXECUTORS = ("local", "ray")
-
-
-def read_results(out_dir: Path) -> pd.DataFrame:
-    """The results table of an output folder (empty if none); a corrupt file is an error."""
-    path = Path(out_dir) / RESULTS_FILE
-    if not path.exists():
-        return pd.DataFrame()
-    try:
-        return pd.read_parquet(path)
-    except Exception as err:
-        raise ConfigError(f"cannot read existing results {path}: {err}; move it away to start "
-                          "afresh (nothing was overwritten)") from err
-
-
-def write_results(out_dir: Path, table: pd.DataFrame) -> None:
-    """Atomic write: a killed process never leaves a half-written results file. The file gets
-    the same permissions as every other file the lab writes (the umask's, not mkstemp's 0600)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = str(out_dir / f".results.{os.getpid()}.{uuid.uuid4().hex[:8]}.parquet")
-    try:
-        table.to_parquet(tmp, index=False)
-        os.replace(tmp, out_dir / RESULTS_FILE)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def load_task(cfg: ComparisonConfig, seed: int, n_main: int) -> TaskTensors:
@@ -84,7 +57,7 @@ def run_row(spec: RunSpec, metrics: dict, wall: float, size: int) -> dict:
         "run_id": spec.run_id,
         "comparison": cfg.name,
         "regime": spec.regime,
-        "regime_label": REGIME_LABELS[spec.regime],
+        "regime_label": REGIME_SPECS[spec.regime].label,
         "seed": spec.seed,
         "n_main": spec.n_main,
         "task_params": json.dumps(cfg.task_params(spec.n_main), sort_keys=True),
@@ -103,6 +76,7 @@ def train_group(group: Sequence[RunSpec], out_dir: str | Path,
 
     ``progress``: step bars of its own, or a sink that receives (phase, done, total, postfix).
     """
+    from mtl_lab.analysis.callbacks import monitors_for
     from mtl_lab.analysis.summary import run_summary
     from mtl_lab.regimes import REGIME_FUNCTIONS, GroupContext, Member, PretrainStore
     from mtl_lab.tracking import group_loggers, log_run_to_wandb, quiet_lightning
@@ -118,10 +92,9 @@ def train_group(group: Sequence[RunSpec], out_dir: str | Path,
         if key not in data:
             data[key] = load_task(spec.cfg, spec.seed, n_max)
         members.append(Member(spec.run_id, spec.seed, data[key].with_main_prefix(spec.n_main),
-                              spec.cfg.training.lr, spec.cfg.finetune.rescale,
-                              spec.cfg.finetune.head_init_scale))
+                              **member_knobs(spec.cfg)))
     ctx = GroupContext(cfg, out_dir, progress, group_loggers(cfg, out_dir),
-                       PretrainStore(out_dir / "checkpoints"))
+                       PretrainStore(out_dir / "checkpoints"), monitors_for(cfg.logging))
     t0 = time.perf_counter()
     results = REGIME_FUNCTIONS[group[0].regime](members, ctx)
     wall = time.perf_counter() - t0
@@ -214,8 +187,8 @@ def group_cost(group: Sequence[RunSpec]) -> int:
     """A rough cost of a group: members × step budget × samples per step (pretraining aside)."""
     cfg = group[0].cfg
     params = cfg.task.params
-    samples = max(r.n_main for r in group) + (params.get("n_aux", 0) if group[0].regime == "mtl"
-                                              else 0)
+    aux = params.get("n_aux", 0) if "aux" in REGIME_SPECS[group[0].regime].tasks else 0
+    samples = max(r.n_main for r in group) + aux
     return len(group) * cfg.training.max_steps * max(samples, 1)
 
 
@@ -225,7 +198,7 @@ def longest_first(groups: list[list[RunSpec]]) -> list[list[RunSpec]]:
 
 
 def _describe(group: Sequence[RunSpec]) -> str:
-    return f"{REGIME_LABELS[group[0].regime]} seed {group[0].seed} ({len(group)} runs)"
+    return f"{REGIME_SPECS[group[0].regime].label} seed {group[0].seed} ({len(group)} runs)"
 
 
 def _local_groups(groups, out_dir: Path, progress: bool, gather: Callable, bar,

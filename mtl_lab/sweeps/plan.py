@@ -4,7 +4,9 @@ A run is one (config, regime, seed, n_main), keyed by a hash of everything that 
 Runs that share a regime, a seed and every setting that fixes the network's shapes and the
 training recipe form one group, trained as one batched ensemble; what may differ between its
 members is what the engine handles per member: the task's targets and parameters (not its input
-dimension or sizes), n_main, the learning rate, the PT+FT rescale factor c and head scale γ.
+dimension or sizes), n_main, and the per-member values declared in
+:data:`mtl_lab.config.MEMBER_KNOBS` (the learning rate, the PT+FT rescale factor c and head
+scale γ).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from mtl_lab.config import ComparisonConfig
+from mtl_lab.config import ComparisonConfig, drop_member_knobs
 
 PER_RUN_KEYS = ("regimes", "seeds", "n_main", "name", "output_dir", "logging")
 INPUT_PARAMS = ("d", "n_aux", "n_test")  # task parameters that fix the inputs' shapes
@@ -57,9 +59,7 @@ def group_key(run: RunSpec) -> str:
     task = shared.pop("task")
     shared["task"] = {"family": task["family"], "cache_dir": task["cache_dir"],
                       **{k: task["params"].get(k) for k in INPUT_PARAMS}}
-    shared["training"].pop("lr")
-    shared["finetune"].pop("rescale")
-    shared["finetune"].pop("head_init_scale")
+    drop_member_knobs(shared)
     return json.dumps({"regime": run.regime, "seed": run.seed, **shared}, sort_keys=True)
 
 

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mtl_lab.config import REGIME_LABELS
 from mtl_lab.flags import cell_mark, flag_legend_handles, flags_note, mark_flagged
-from mtl_lab.plots import REGIME_COLOURS, n_main_axis
+from mtl_lab.plots import n_main_axis
+from mtl_lab.regime_specs import REGIME_SPECS, colour_of, label_of
 from mtl_lab.tables import (
     METRIC,
     Series,
@@ -56,6 +56,8 @@ AXIS_NAMES = {
     "config.model.width": "width (units)",
     "config.training.lr": "learning rate",
 }
+PTFT, MTL, STL = (REGIME_SPECS[name].label for name in ("ptft", "mtl", "stl"))
+RATIO_DENOMINATORS = (MTL, STL)  # the report's PT+FT ratio maps
 LINESTYLES = ("-", "--", ":", "-.")
 MARKERS = ("o", "s", "^", "D", "v", "P")
 MAX_PANELS = 4
@@ -91,7 +93,7 @@ def _style(line: Series) -> dict:
     """Colour by regime; finetune variants of a regime differ in shade, line style and marker."""
     from matplotlib.colors import to_rgb
 
-    base = np.array(to_rgb(REGIME_COLOURS.get(line.regime, "#8c564b")))
+    base = np.array(to_rgb(colour_of(line.regime)))
     mix = 0.55 * line.rank / max(line.size - 1, 1) if line.size > 1 else 0.0
     colour = tuple(base + (1.0 - base) * mix)
     return {"color": colour, "linestyle": LINESTYLES[line.rank % len(LINESTYLES)],
@@ -183,7 +185,7 @@ def loss_vs_n(results: pd.DataFrame, facet: str | None, path: str | Path,
     return _save(fig, path)
 
 
-def relative_map(results: pd.DataFrame, numerator: str = "PT+FT", denominator: str = "MTL", *,
+def relative_map(results: pd.DataFrame, numerator: str = "ptft", denominator: str = "mtl", *,
                  x: str, y: str | None, path: str | Path, where: dict | None = None,
                  metric: str = METRIC) -> pd.DataFrame:
     """Heat map of log₂(mean loss of ``numerator`` / mean loss of ``denominator``) over x × y.
@@ -192,8 +194,7 @@ def relative_map(results: pd.DataFrame, numerator: str = "PT+FT", denominator: s
     other columns (e.g. ``{"config.finetune.rescale": 0.1}``). Returns the plotted matrix
     (index: y values, columns: x values; NaN where a cell lacks runs of either regime).
     """
-    numerator, denominator = REGIME_LABELS.get(numerator, numerator), REGIME_LABELS.get(
-        denominator, denominator)
+    numerator, denominator = label_of(numerator), label_of(denominator)
     everything = select_where(results, where)
     data = select_where(finite_rows(results, metric), where)
     matrix = _log_ratio(data, numerator, denominator, x, y, metric)
@@ -379,10 +380,10 @@ def _ratio_items(results: pd.DataFrame, facet: str | None, figures: Path) -> lis
     data = finite_rows(results)
     present = set(data["regime_label"]) if not data.empty else set()
     items = []
-    for denominator in ("MTL", "STL"):
-        missing = [r for r in ("PT+FT", denominator) if r not in present]
+    for denominator in RATIO_DENOMINATORS:
+        missing = [r for r in (PTFT, denominator) if r not in present]
         if missing:
-            items.append(Item(f"PT+FT / {denominator} ratio map skipped: the table has no "
+            items.append(Item(f"{PTFT} / {denominator} ratio map skipped: the table has no "
                               f"{' or '.join(missing)} runs with a finite test loss (regimes "
                               f"present: {', '.join(regime_order(present)) or 'none'})."))
             continue
@@ -394,17 +395,17 @@ def _ratio_maps(results: pd.DataFrame, denominator: str, facet: str | None,
                 figures: Path) -> list[Item]:
     """One PT+FT / denominator map per combination of varying finetune values."""
     data = finite_rows(results)
-    lines = [s for s in series(data, exclude={facet}) if s.regime == "PT+FT"]
+    lines = [s for s in series(data, exclude={facet}) if s.regime == PTFT]
     items = []
     for line in lines:
         where = dict(line.where)
         name = f"ratio_ptft_{denominator.lower()}{_slug(where)}.png"
-        relative_map(results, "PT+FT", denominator, x="n_main", y=facet, path=figures / name,
+        relative_map(results, PTFT, denominator, x="n_main", y=facet, path=figures / name,
                      where=where)
         shown = {facet, *where}
         items.append(Item(f"log₂ of the mean main-task test loss of {line.label} over that of "
                           f"{denominator}, per n_main" + (f" and {_name(facet)}" if facet else "")
-                          + "; blue: PT+FT better, red: worse. * / † after a value: a run "
+                          + f"; blue: {PTFT} better, red: worse. * / † after a value: a run "
                           "in that cell stopped at the step budget / diverged."
                           + _averaged(swept_columns(data), shown), f"figures/{name}"))
     return items

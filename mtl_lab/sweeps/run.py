@@ -8,15 +8,10 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from mtl_lab.config import REGIME_LABELS, ConfigError
-from mtl_lab.sweeps.execute import (
-    CONFIG_FILE,
-    SWEEP_FILE,
-    check_executor,
-    execute,
-    preflight,
-    read_results,
-)
+from mtl_lab.config import ConfigError
+from mtl_lab.regime_specs import REGIME_SPECS
+from mtl_lab.results import CONFIG_FILE, SWEEP_FILE, read_results
+from mtl_lab.sweeps.execute import check_executor, execute, preflight
 from mtl_lab.sweeps.plan import RunSpec, group_runs, runs_of
 from mtl_lab.sweeps.spec import SweepPoint, SweepSpec, load_sweep
 
@@ -47,7 +42,8 @@ class SweepPlan:
                  "(full-batch budget × runs, before early stopping)"]
         for g in todo[:20]:
             first = g[0]
-            lines.append(f"  - {REGIME_LABELS[first.regime]:9s} seed {first.seed}: {len(g)} runs "
+            label = REGIME_SPECS[first.regime].label
+            lines.append(f"  - {label:9s} seed {first.seed}: {len(g)} runs "
                          f"(n_main {sorted({r.n_main for r in g})})")
         if len(todo) > 20:
             lines.append(f"  … and {len(todo) - 20} more groups")

@@ -1,0 +1,47 @@
+"""The results store of an output folder: one flat row per run in ``results.parquet``.
+
+Training (:mod:`mtl_lab.sweeps.execute`, :mod:`mtl_lab.comparison`) writes it, the after-the-fact
+analysis and the reports read it; neither side imports the other. The folder's file names live
+here too: a comparison folder holds its resolved ``config.yaml``, a sweep folder its
+``sweep.yaml``.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pandas as pd
+
+from mtl_lab.errors import ConfigError
+
+RESULTS_FILE = "results.parquet"
+CONFIG_FILE = "config.yaml"  # a comparison folder's configuration
+SWEEP_FILE = "sweep.yaml"  # a sweep folder's sweep file
+
+
+def read_results(out_dir: str | Path) -> pd.DataFrame:
+    """The results table of an output folder (empty if none); a corrupt file is an error."""
+    path = Path(out_dir) / RESULTS_FILE
+    if not path.exists():
+        return pd.DataFrame()
+    try:
+        return pd.read_parquet(path)
+    except Exception as err:
+        raise ConfigError(f"cannot read existing results {path}: {err}; move it away to start "
+                          "afresh (nothing was overwritten)") from err
+
+
+def write_results(out_dir: str | Path, table: pd.DataFrame) -> None:
+    """Atomic write: a killed process never leaves a half-written results file. The file gets
+    the same permissions as every other file the lab writes (the umask's, not mkstemp's 0600)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = str(out_dir / f".results.{os.getpid()}.{uuid.uuid4().hex[:8]}.parquet")
+    try:
+        table.to_parquet(tmp, index=False)
+        os.replace(tmp, out_dir / RESULTS_FILE)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
