@@ -1,16 +1,21 @@
-"""The examples cannot rot: every notebook under notebooks/ and every ```python block of the
-README is executed as a user would run it, in a temporary copy of the repository's layout."""
+"""The examples cannot rot: every notebook under notebooks/, every ```python block of the
+README and every script examples/*.py is executed as a user would run it, in a temporary copy of
+the repository's layout (the scripts: from an empty temporary working directory)."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
+EXAMPLES = sorted((REPO / "examples").glob("*.py"))
 README = REPO / "README.md"
 FENCE = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
 
@@ -72,3 +77,30 @@ def test_readme_python_block_runs(line, code, tmp_path, monkeypatch):
             pytest.skip(f"README.md line {line}: {reason}")
     monkeypatch.chdir(repo_layout(tmp_path))
     exec(compile(code, f"README.md (block at line {line})", "exec"), {"__name__": "__main__"})
+
+
+def test_example_scripts_are_found():
+    assert EXAMPLES, "no script under examples/"
+
+
+@pytest.mark.parametrize("script", EXAMPLES, ids=lambda path: path.name)
+def test_example_script_runs(script, tmp_path):
+    """Runs ``python examples/<file>.py`` in a subprocess from a temporary working directory
+    holding a copy of examples/ (TMPDIR under the test's own folder): it must exit with 0, print
+    no traceback to stderr and write nothing into the working directory."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    (tmp_path / "tmp").mkdir()
+    shutil.copytree(REPO / "examples", cwd / "examples",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    before = set(cwd.rglob("*"))
+    env = {**os.environ, "TMPDIR": str(tmp_path / "tmp"), "WANDB_MODE": "offline",
+           "WANDB_SILENT": "true", "PYTHONPATH": os.pathsep.join(
+               [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    proc = subprocess.run([sys.executable, f"examples/{script.name}"], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+    report = f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, f"{script.name} exited with {proc.returncode}\n{report}"
+    assert "Traceback" not in proc.stderr, f"{script.name} printed a traceback\n{report}"
+    left = sorted(str(p.relative_to(cwd)) for p in set(cwd.rglob("*")) - before)
+    assert not left, f"{script.name} wrote into its working directory: {left}"
