@@ -8,6 +8,7 @@ every problem (an unknown key, a wrong type, an impossible value such as overlap
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -85,19 +86,58 @@ class TrainingConfig(Strict):
     weight_decay: NonNegativeFloat = 0.0
 
 
-class MTLConfig(Strict):
-    """MTL loss weighting: per_sample (the paper's), equal, or fixed weights per task."""
+# The built-in weightings of mtl_lab.engine.weighting (tests keep this in step with its registry),
+# each with whether the batched engine can run it: only weightings whose task weights are fixed by
+# the sample counts can; those that learn (uncertainty) or use per-task gradients (pcgrad) run in
+# the Lightning modules. Kept here so that validating a config needs no torch.
+BUILTIN_WEIGHTINGS = {"per_sample": True, "equal": True, "fixed": True, "uncertainty": False,
+                      "pcgrad": False}
 
-    weighting: Literal["per_sample", "equal", "fixed"] = "per_sample"
+
+def weighting_choices() -> dict[str, bool]:
+    """Registered weighting names → whether the engine can run them (built-ins, plus any a user
+    registered with ``mtl_lab.engine.weighting.register_weighting`` in this process)."""
+    found = dict(BUILTIN_WEIGHTINGS)
+    registry = sys.modules.get("mtl_lab.engine.weighting")
+    if registry is not None:
+        found.update({name: cls.static() for name, cls in registry.WEIGHTINGS.items()})
+    return found
+
+
+class MTLConfig(Strict):
+    """MTL task weighting: a registered weighting that the engine can run — ``per_sample`` (the
+    paper's), ``equal``, ``fixed`` (``weights`` per task) or one you registered — and its
+    ``options``. ``uncertainty`` and ``pcgrad`` are for the Lightning modules."""
+
+    weighting: str = "per_sample"
     weights: dict[Literal["aux", "main"], PositiveFloat] | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
-    def _weights_match_scheme(self) -> MTLConfig:
+    def _weighting_is_known_and_runnable(self) -> MTLConfig:
+        choices = weighting_choices()
+        if self.weighting not in choices:
+            raise ValueError(f"unknown weighting {self.weighting!r}; registered weightings: "
+                             f"{', '.join(sorted(choices))}")
+        if not choices[self.weighting]:
+            runnable = ", ".join(sorted(n for n, ok in choices.items() if ok))
+            raise ValueError(f"weighting {self.weighting!r} learns its task weights or uses "
+                             "per-task gradients during training; the batched engine behind "
+                             f"`mtl-lab run` and `sweep` runs weightings fixed by the sample "
+                             f"counts ({runnable}): train it with "
+                             "mtl_lab.modules.MultiTaskModule (examples/digits_multitask.py)")
         if self.weighting == "fixed" and (self.weights is None or len(self.weights) != 2):
             raise ValueError("weighting 'fixed' needs weights for both 'aux' and 'main'")
         if self.weighting != "fixed" and self.weights is not None:
             raise ValueError(f"weights need weighting 'fixed', not {self.weighting!r}")
+        if self.weighting in BUILTIN_WEIGHTINGS and self.options:
+            raise ValueError(f"weighting {self.weighting!r} takes no options, got "
+                             f"{sorted(self.options)}")
         return self
+
+    def engine_options(self) -> dict[str, Any]:
+        """The options the weighting is built with (``fixed``: its ``weights``)."""
+        return {**self.options, **({"weights": dict(self.weights)} if self.weights else {})}
 
 
 class FinetuneConfig(Strict):

@@ -88,10 +88,12 @@ def test_task_weighting_schemes():
     eq = task_weights(n, "equal")
     assert (eq["aux"] * 100).item() == pytest.approx(0.5)
     assert (eq["main"] * 20).item() == pytest.approx(0.5)
-    fixed = task_weights(n, "fixed", {"aux": 0.2, "main": 0.8})
+    fixed = task_weights(n, "fixed", {"weights": {"aux": 0.2, "main": 0.8}})
     assert (fixed["main"] * 20).item() == pytest.approx(0.8)
     with pytest.raises(ValueError, match="per_sample"):
         task_weights(n, "bogus")
+    with pytest.raises(ValueError, match="Lightning modules"):
+        task_weights(n, "uncertainty")
 
 
 def test_loss_term_mask_ignores_padding():

@@ -1,4 +1,4 @@
-"""The multi-task loss weightings of mtl_lab.modules.weighting: hand-computed objectives, the
+"""The multi-task loss weightings of mtl_lab.engine.weighting: hand-computed objectives, the
 registry and its errors, the learned uncertainty weights, PCGrad's gradient surgery and a short
 training loop with every built-in."""
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from mtl_lab.modules.weighting import WEIGHTINGS, Weighting, make_weighting, register_weighting
+from mtl_lab.engine.weighting import WEIGHTINGS, Weighting, make_weighting, register_weighting
 
 BUILTINS = ["equal", "fixed", "pcgrad", "per_sample", "uncertainty"]
 
@@ -291,3 +291,55 @@ def test_every_builtin_trains_a_shared_trunk_with_two_heads(name):
         optimizer.step()
     assert total() < 0.7 * start
     assert set(w.weights()) == {"a", "b"}
+
+
+# --------------------------------------------------------------------------- the engine and configs
+
+
+def test_config_knows_every_builtin_and_whether_the_engine_runs_it():
+    from mtl_lab.config import BUILTIN_WEIGHTINGS
+
+    builtins = {name: cls.static() for name, cls in WEIGHTINGS.items()
+                if cls.__module__ == "mtl_lab.engine.weighting"}
+    assert builtins == BUILTIN_WEIGHTINGS
+
+
+def test_config_names_the_weightings_and_sends_learned_ones_to_the_modules():
+    from mtl_lab.config import ConfigError, validate_config
+    from tests.conftest import tiny_raw
+
+    with pytest.raises(ConfigError, match=r"unknown weighting 'softmax'.*equal, fixed"):
+        validate_config(tiny_raw(**{"mtl.weighting": "softmax"}))
+    with pytest.raises(ConfigError, match=r"'uncertainty' learns.*MultiTaskModule"):
+        validate_config(tiny_raw(**{"mtl.weighting": "uncertainty"}))
+    with pytest.raises(ConfigError, match="takes no options"):
+        validate_config(tiny_raw(**{"mtl.options": {"x": 1}}))
+
+
+def test_a_registered_static_weighting_runs_in_the_engine():
+    from mtl_lab.config import validate_config
+    from mtl_lab.engine import task_weights
+    from tests.conftest import tiny_raw
+
+    @register_weighting("main_only_test")
+    class MainOnly(Weighting):
+        """w_main = 1, w_aux = ``aux`` (a small number)."""
+
+        def __init__(self, tasks, *, aux: float = 0.0):
+            super().__init__(tasks)
+            self.aux = aux
+
+        def task_weights(self, counts):
+            return {t: 1.0 if t == "main" else self.aux for t in counts}
+
+        def forward(self, losses, counts):
+            return sum(w * losses[t] for t, w in self.task_weights(counts).items())
+
+    try:
+        cfg = validate_config(tiny_raw(**{"mtl.weighting": "main_only_test",
+                                          "mtl.options": {"aux": 0.25}}))
+        n = {"aux": torch.tensor([4.0]), "main": torch.tensor([2.0])}
+        c = task_weights(n, cfg.mtl.weighting, cfg.mtl.engine_options())
+        assert c["main"].item() == pytest.approx(1 / 2) and c["aux"].item() == pytest.approx(1 / 16)
+    finally:
+        del WEIGHTINGS["main_only_test"]

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from mtl_lab.engine.weighting import make_weighting
 from mtl_lab.models.base import SharedTrunkNetwork
 
 
@@ -188,22 +190,23 @@ def member_losses(net: SharedTrunkNetwork, terms: Sequence[LossTerm]) -> Tensor:
 
 
 def task_weights(
-    counts: Mapping[str, Tensor], scheme: str, fixed: Mapping[str, float] | None = None
+    counts: Mapping[str, Tensor], scheme: str, options: Mapping[str, Any] | None = None
 ) -> dict[str, Tensor]:
-    """Per-sample coefficient of each task given per-member sample counts n_t (K,).
+    """Per-sample coefficient c_t = w_t / n_t of each task, given per-member sample counts n_t
+    (K,), for a registered weighting whose task weights w_t depend on the counts alone
+    (:meth:`~mtl_lab.engine.weighting.Weighting.task_weights`, the one formula both paths use):
 
-    * ``per_sample`` (the paper's): every sample weighs 1 / Σ_t n_t — the mean over the
-      concatenated samples, so a task weighs by its sample count;
-    * ``equal``: task t weighs 1/T, each of its samples 1 / (T·n_t);
-    * ``fixed``: task t weighs w_t, each of its samples w_t / n_t.
+    * ``per_sample`` (the paper's): w_t = n_t / Σ_s n_s, so every sample weighs 1 / Σ_s n_s — the
+      mean over the concatenated samples;
+    * ``equal``: w_t = 1/T, each sample of task t 1 / (T·n_t);
+    * ``fixed``: w_t from ``options["weights"]``, each sample w_t / n_t.
     """
-    if scheme == "per_sample":
-        total = sum(counts.values())
-        return {t: 1.0 / total for t in counts}
-    if scheme == "equal":
-        return {t: 1.0 / (len(counts) * n) for t, n in counts.items()}
-    if scheme == "fixed":
-        if fixed is None or set(fixed) != set(counts):
-            raise ValueError(f"fixed weighting needs one weight per task {sorted(counts)}")
-        return {t: fixed[t] / n for t, n in counts.items()}
-    raise ValueError(f"unknown task weighting {scheme!r}: use per_sample, equal or fixed")
+    weighting = make_weighting(scheme, list(counts), **dict(options or {}))
+    exact = {t: torch.as_tensor(n, dtype=torch.float64) for t, n in counts.items()}
+    weights = weighting.task_weights(exact)  # in float64, so that w_t / n_t rounds once
+    if weights is None:
+        raise ValueError(f"weighting {scheme!r} learns or looks at gradients during training: the "
+                         "batched engine runs weightings fixed by the sample counts only; use the "
+                         "Lightning modules (mtl_lab.modules.MultiTaskModule) for it")
+    return {t: (torch.as_tensor(weights[t], dtype=torch.float64) / exact[t]).to(n.dtype)
+            for t, n in counts.items()}

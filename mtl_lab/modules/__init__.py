@@ -12,13 +12,13 @@ experiments; on the same data, from the same start, full-batch SGD through these
 the engine's solution (tested).
 """
 
+from mtl_lab.engine.weighting import WEIGHTINGS, Weighting, make_weighting, register_weighting
 from mtl_lab.modules.batches import TaskBatch, split_batch
 from mtl_lab.modules.finetune import FinetuneModule, rescale_trunk
 from mtl_lab.modules.heads import TaskSpec, linear_head
 from mtl_lab.modules.multitask import MultiTaskModule
 from mtl_lab.modules.optim import OptimizerSettings
 from mtl_lab.modules.trunks import DiagonalTrunk, MLPTrunk, build_trunk, network_parts
-from mtl_lab.modules.weighting import WEIGHTINGS, Weighting, make_weighting, register_weighting
 
 __all__ = [
     "WEIGHTINGS",

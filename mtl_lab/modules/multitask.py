@@ -40,11 +40,11 @@ from typing import Any
 import lightning as L
 from torch import Tensor, nn
 
+from mtl_lab.engine.weighting import Weighting, make_weighting
 from mtl_lab.modules.batches import TaskBatch, split_batch
 from mtl_lab.modules.heads import TaskSpec, linear_head
 from mtl_lab.modules.optim import OptimizerSettings, make_optimizer
 from mtl_lab.modules.trunks import build_trunk
-from mtl_lab.modules.weighting import Weighting, make_weighting
 
 STAGES = ("train", "val", "test")
 

@@ -78,7 +78,7 @@ def train_mtl(members: Sequence[Member], ctx: GroupContext) -> list[MemberResult
     datas = [m.data for m in members]
     net = build_network(ctx.cfg.model, datas[0].in_dim, spec.heads, [m.seed for m in members])
     n = {t: counts(datas, f"{t}_train") for t in spec.tasks}
-    w = task_weights(n, ctx.cfg.mtl.weighting, ctx.cfg.mtl.weights)
+    w = task_weights(n, ctx.cfg.mtl.weighting, ctx.cfg.mtl.engine_options())
     terms = [split_term(datas, f"{t}_train", t, w[t]) for t in spec.tasks]
     net, summ, hist = fit(net, terms, trainable(spec), _lrs(members), ctx.cfg.training,
                           ctx, spec.name)

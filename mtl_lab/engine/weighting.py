@@ -141,6 +141,19 @@ class Weighting(nn.Module):
             objective.backward()
         return objective.detach()
 
+    def task_weights(self, counts: Mapping[str, Any]) -> dict[str, Any] | None:
+        """w_t from the sample counts alone, for a weighting whose objective is Σ_t w_t L_t with
+        w_t fixed by the counts (``per_sample``, ``equal``, ``fixed``): the batched engine turns
+        it into a per-sample coefficient w_t / n_t of every member (counts may be (K,) tensors).
+        None for weightings that learn or look at gradients (the Lightning modules run them)."""
+        return None
+
+    @classmethod
+    def static(cls) -> bool:
+        """Whether the objective's weights depend only on the sample counts (see
+        :meth:`task_weights`): such a weighting runs in the batched engine too."""
+        return cls.task_weights is not Weighting.task_weights
+
     def weights(self) -> dict[str, float]:
         """The current effective per-task weights, for logging: the coefficient w_t of L_t in the
         latest objective (tasks absent from that batch left out; for weightings whose weights do
@@ -217,9 +230,10 @@ def _choice(value: Any, choices: Sequence[str], what: str) -> str:
     return value
 
 
-def _per_sample(tasks: Sequence[str], counts: Mapping[str, int]) -> dict[str, float]:
-    total = sum(int(counts[t]) for t in tasks)
-    return {t: int(counts[t]) / total for t in tasks}
+def _per_sample(tasks: Sequence[str], counts: Mapping[str, Any]) -> dict[str, Any]:
+    """w_t = n_t / Σ_s n_s (counts are numbers, or (K,) tensors of per-member counts)."""
+    total = sum(counts[t] for t in tasks)
+    return {t: counts[t] / total for t in tasks}
 
 
 def _weighted_sum(weights: Mapping[str, float], losses: Mapping[str, Tensor]) -> Tensor:
@@ -238,8 +252,12 @@ class PerSampleWeighting(Weighting):
     so each task weighs by its sample count n_t in the batch (w_t = n_t / Σ_s n_s).
     """
 
+    def task_weights(self, counts: Mapping[str, Any]) -> dict[str, Any]:
+        return _per_sample(list(counts), counts)
+
     def forward(self, losses: Mapping[str, Tensor], counts: Mapping[str, int]) -> Tensor:
-        weights = _per_sample(self.present(losses, counts), counts)
+        self.present(losses, counts)
+        weights = self.task_weights({t: int(counts[t]) for t in self.tasks if t in counts})
         self.record(weights)
         return _weighted_sum(weights, losses)
 
@@ -255,9 +273,12 @@ class EqualWeighting(Weighting):
         super().__init__(tasks)
         self.record({t: 1.0 / len(self.tasks) for t in self.tasks})
 
+    def task_weights(self, counts: Mapping[str, Any]) -> dict[str, float]:
+        return {t: 1.0 / len(counts) for t in counts}
+
     def forward(self, losses: Mapping[str, Tensor], counts: Mapping[str, int]) -> Tensor:
         tasks = self.present(losses, counts)
-        weights = {t: 1.0 / len(tasks) for t in tasks}
+        weights = self.task_weights({t: counts[t] for t in tasks})
         self.record(weights)
         return _weighted_sum(weights, losses)
 
@@ -294,9 +315,12 @@ class FixedWeighting(Weighting):
         self.fixed = fixed
         self.record(fixed)
 
+    def task_weights(self, counts: Mapping[str, Any]) -> dict[str, float]:
+        return {t: self.fixed[t] for t in counts}
+
     def forward(self, losses: Mapping[str, Tensor], counts: Mapping[str, int]) -> Tensor:
         tasks = self.present(losses, counts)
-        return _weighted_sum({t: self.fixed[t] for t in tasks}, losses)
+        return _weighted_sum(self.task_weights({t: counts[t] for t in tasks}), losses)
 
 
 @register_weighting("uncertainty")
