@@ -189,7 +189,6 @@ def main() -> None:
                         ("WANDB_CONFIG_DIR", "wandb-config"), ("WANDB_DATA_DIR", "wandb-data")):
         os.environ.setdefault(key, str(out / folder))  # keep wandb's own files in `out` too
     wandb.setup()  # reads the WANDB_* settings now: WANDB_SILENT also quiets the loggers' runs
-    torch.set_num_threads(1)  # the network is tiny: more threads only wait on each other
     L.seed_everything(args.seed, verbose=False)  # the heads' initial draws, the batch orders
     start = time.perf_counter()
 

@@ -138,3 +138,20 @@ def test_bad_settings_are_named():
         TaskSpec("c", "cross_entropy", 1)
     with pytest.raises(ValueError, match="feature_dim"):
         MultiTaskModule(torch.nn.Linear(5, 4), ["a"])
+
+
+def test_module_fits_choose_their_threads_and_restore_them(tmp_path):
+    seen = []
+
+    class Record(L.Callback):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            seen.append(torch.get_num_threads())
+
+    x, y, task = three_tasks(96)
+    before = torch.get_num_threads()
+    small = module(threads="auto")  # a tiny step: one thread
+    trainer(tmp_path, 1, callbacks=[Record()]).fit(small, DataLoader(TensorDataset(x, y, task),
+                                                                     batch_size=32))
+    assert set(seen) == {1} and torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="threads"):
+        module(threads=0)

@@ -29,6 +29,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+import lightning as L
 import torch
 
 MIN_FLOPS_PER_THREAD = 2e6
@@ -149,3 +150,45 @@ class ThreadGovernor:
     def __exit__(self, *exc) -> None:
         if self.previous is not None and torch.get_num_threads() != self.previous:
             torch.set_num_threads(self.previous)
+
+
+def _batch_size(batch) -> int:
+    """The leading size of the first tensor found in a batch (tuple, list, mapping or tensor)."""
+    if isinstance(batch, torch.Tensor):
+        return int(batch.shape[0]) if batch.dim() else 1
+    items = batch.values() if isinstance(batch, dict) else batch if isinstance(
+        batch, list | tuple) else ()
+    for item in items:
+        size = _batch_size(item)
+        if size:
+            return size
+    return 0
+
+
+class ThreadsCallback(L.Callback):
+    """The thread choice of this module for any Lightning fit on the CPU: a
+    :class:`ThreadGovernor` sized by the model's parameters × the first batch's size, re-checked
+    every ``every`` batches, the previous thread count restored when the fit ends.
+
+    ``MultiTaskModule`` adds it by itself (``threads="auto"``); add it to a Trainer's callbacks
+    for any other module.
+    """
+
+    def __init__(self, setting: int | str = "auto", every: int = 50) -> None:
+        self.setting = setting
+        self.every = max(1, int(every))
+        self.governor: ThreadGovernor | None = None
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx: int) -> None:
+        if module.device.type != "cpu":
+            return
+        if self.governor is None:
+            flops = step_flops(module.parameters(), max(1, _batch_size(batch)))
+            self.governor = ThreadGovernor(self.setting, flops).__enter__()
+        elif batch_idx % self.every == 0:
+            self.governor.update()
+
+    def teardown(self, trainer, module, stage: str) -> None:
+        if self.governor is not None:
+            self.governor.__exit__(None, None, None)
+            self.governor = None

@@ -72,7 +72,7 @@ class FinetuneModule(MultiTaskModule):
         rescale: the factor c, or a callable transforming the trunk in place.
         head_init_scale: γ, the new head's initial scale.
         train: ``"all"`` (PT+FT) or ``"head"`` (PT+LP).
-        optimizer, feature_dim, head_bias, seed: as for :class:`MultiTaskModule`.
+        optimizer, feature_dim, head_bias, seed, threads: as for :class:`MultiTaskModule`.
     """
 
     def __init__(self, trunk: nn.Module | Mapping[str, Any],
@@ -80,11 +80,12 @@ class FinetuneModule(MultiTaskModule):
                  head_init_scale: float = 1e-3, train: Literal["all", "head"] = "all",
                  optimizer: Mapping[str, Any] | OptimizerSettings | None = None,
                  feature_dim: int | None = None, head_bias: bool = False,
-                 seed: int = 0) -> None:
+                 seed: int = 0, threads: int | str | None = "auto") -> None:
         if train not in ("all", "head"):
             raise ValueError(f"train must be 'all' (PT+FT) or 'head' (PT+LP), got {train!r}")
         super().__init__(trunk, [task], optimizer=optimizer, feature_dim=feature_dim,
-                         head_init_scale=head_init_scale, head_bias=head_bias, seed=seed)
+                         head_init_scale=head_init_scale, head_bias=head_bias, seed=seed,
+                         threads=threads)
         if not isinstance(rescale, str):  # a name records a callable; its result is in the weights
             rescale_trunk(self.trunk, rescale)
         self.train_mode = train
@@ -95,7 +96,7 @@ class FinetuneModule(MultiTaskModule):
             "trunk": self.hparams["trunk"], "task": self.task_specs[0].as_dict(),
             "rescale": _name(rescale), "head_init_scale": head_init_scale, "train": train,
             "optimizer": self.optimizer_settings.model_dump(), "feature_dim": feature_dim,
-            "head_bias": head_bias, "seed": seed})
+            "head_bias": head_bias, "seed": seed, "threads": threads})
 
     @classmethod
     def from_pretrained(cls, pretrained: MultiTaskModule, task: TaskSpec | str | Mapping,

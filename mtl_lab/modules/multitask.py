@@ -40,6 +40,7 @@ from typing import Any
 import lightning as L
 from torch import Tensor, nn
 
+from mtl_lab.engine.threads import ThreadGovernor, ThreadsCallback
 from mtl_lab.engine.weighting import Weighting, make_weighting
 from mtl_lab.modules.batches import TaskBatch, split_batch
 from mtl_lab.modules.heads import TaskSpec, linear_head
@@ -74,6 +75,9 @@ class MultiTaskModule(L.LightningModule):
         head_init_scale: default heads start at N(0, 1/H)·scale (PyTorch's init when None).
         head_bias: whether default heads have a bias.
         seed: seeds the default heads' draws.
+        threads: CPU threads of a fit: ``"auto"`` (the lab's choice from the work of a step and
+            the cores free now, :mod:`mtl_lab.engine.threads`), a whole number, or None to leave
+            torch's setting alone.
     """
 
     def __init__(self, trunk: nn.Module | Mapping[str, Any],
@@ -83,8 +87,12 @@ class MultiTaskModule(L.LightningModule):
                  weighting_options: Mapping[str, Any] | None = None,
                  optimizer: Mapping[str, Any] | OptimizerSettings | None = None,
                  feature_dim: int | None = None, head_init_scale: float | None = None,
-                 head_bias: bool = False, seed: int = 0) -> None:
+                 head_bias: bool = False, seed: int = 0,
+                 threads: int | str | None = "auto") -> None:
         super().__init__()
+        if threads is not None:
+            ThreadGovernor(threads, 0.0)  # validates the setting now, not in the middle of a fit
+        self.threads = threads
         self.task_specs = [TaskSpec.of(t) for t in tasks]
         names = [t.name for t in self.task_specs]
         if not names or len(set(names)) != len(names):
@@ -111,7 +119,8 @@ class MultiTaskModule(L.LightningModule):
             "trunk": trunk_spec, "tasks": [t.as_dict() for t in self.task_specs],
             "weighting": self.weighting.name, "weighting_options": dict(weighting_options or {}),
             "optimizer": self.optimizer_settings.model_dump(), "feature_dim": feature_dim,
-            "head_init_scale": head_init_scale, "head_bias": head_bias, "seed": seed})
+            "head_init_scale": head_init_scale, "head_bias": head_bias, "seed": seed,
+            "threads": threads})
 
     @property
     def task_names(self) -> list[str]:
@@ -200,6 +209,9 @@ class MultiTaskModule(L.LightningModule):
             scheduler.step()
         for task, weight in self.weighting.weights().items():
             self.log(f"train/weight/{task}", float(weight))
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        return [] if self.threads is None else [ThreadsCallback(self.threads)]
 
     def configure_optimizers(self) -> dict:
         return make_optimizer(self.optimizer_settings, self.parameters())
