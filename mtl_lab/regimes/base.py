@@ -98,9 +98,31 @@ def build_network(m: ModelConfig, in_dim: int, tasks: Sequence[str],
                        init_scale=m.init_scale, head_init_scale=m.head_init_scale)
 
 
+def ensemble_budget_mb(training: TrainingConfig, device: torch.device) -> float:
+    """The activation memory one sub-ensemble may use.
+
+    On the CPU: ``training.max_ensemble_mb`` (16 MB by default, sized for a CPU cache: beyond it
+    a batched ReLU step turns memory-bound and slower than one member at a time). On a GPU,
+    unless the config sets ``max_ensemble_mb`` explicitly: half the device's free memory, so a
+    seed's whole group trains as one ensemble whenever it fits.
+    """
+    if device.type == "cuda" and "max_ensemble_mb" not in training.model_fields_set:
+        free, _ = torch.cuda.mem_get_info(device)
+        return 0.5 * free / 2**20
+    return training.max_ensemble_mb
+
+
+def synchronized_clock(device: torch.device) -> float:
+    """``time.perf_counter()`` after the device has finished its queued work (CUDA runs
+    asynchronously: a clock read without it measures the launches, not the work)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
 def member_chunks(net: SharedTrunkNetwork, terms: Sequence[LossTerm], budget_mb: float) -> int:
     """How many members to train at once: the whole ensemble unless its activations exceed the
-    memory budget, where batching turns memory-bound and slower than one member at a time."""
+    memory budget (:func:`ensemble_budget_mb`)."""
     samples = sum(t.x.shape[-2] for t in terms)
     per_member_mb = 3 * 4 * samples * net.activations_per_sample() / 2**20
     k = net.ensemble_size
@@ -122,11 +144,11 @@ def fit(net: SharedTrunkNetwork, terms: Sequence[LossTerm], trainable: Sequence[
         if training.mode == "minibatch":
             samples = min(samples, training.batch_size)
         governor = ThreadGovernor(ctx.cfg.trainer.threads, step_flops(net.parameters(), samples))
-    t0 = time.perf_counter()
+    t0 = synchronized_clock(ctx.device)
     with governor or contextlib.nullcontext():
         trained, summaries, histories = _fit(net, terms, trainable, lr, training, ctx, name,
                                              governor)
-    wall = time.perf_counter() - t0
+    wall = synchronized_clock(ctx.device) - t0
     for s in summaries:
         s["train_wall_time"] = wall / len(summaries)
         if governor is not None:
@@ -172,7 +194,7 @@ def _fit(net, terms, trainable, lr, training: TrainingConfig, ctx: GroupContext,
         settings = GDSettings(training.max_steps, training.loss_threshold,
                               training.divergence_limit, training.max_restarts,
                               training.lr_backoff)
-        chunk = member_chunks(net, terms, training.max_ensemble_mb)
+        chunk = member_chunks(net, terms, ensemble_budget_mb(training, ctx.device))
         recipe = FullBatchRecipe(net, terms, params, lr, settings, training.steps_per_call,
                                  dtype, member_chunk=chunk, governor=governor)
         sink = ctx.progress if callable(ctx.progress) else None
