@@ -25,9 +25,10 @@ def _train(net, xs, ys, lrs, settings, chunk=100):
     return gd
 
 
-@pytest.mark.parametrize("kind", ["diagonal", "relu"])
+@pytest.mark.parametrize("kind", ["diagonal", "relu", "relu_depth1"])
 def test_batched_member_equals_training_it_alone(kind):
-    """Members differ in seed, n (a prefix of the same inputs), targets and lr."""
+    """Members differ in seed, n (a prefix of the same inputs), targets and lr. The diagonal
+    network and the depth-1 ReLU trunk step on closed-form gradients, depth 2 on autograd."""
     x, y = _problem()
     ns, lrs, seeds = [10, 25, 40], [0.05, 0.1, 0.02], [0, 1, 2]
     ys = [y[:10], -y[:25], 2 * y]
@@ -35,11 +36,13 @@ def test_batched_member_equals_training_it_alone(kind):
     def make(member_seeds):
         if kind == "diagonal":
             return DiagonalNetwork(6, ("main",), member_seeds, alpha=0.3)
-        return ReLUNetwork(6, 12, 2, ("main",), member_seeds, init_scale=0.7, bias=True)
+        depth = 2 if kind == "relu" else 1
+        return ReLUNetwork(6, 12, depth, ("main",), member_seeds, init_scale=0.7, bias=True)
 
     settings = GDSettings(max_steps=700, loss_threshold=1e-5)
     batched = _train(make(seeds), [x[:n] for n in ns], ys, lrs, settings)
     assert batched.terms[0].x.dim() == 2  # the prefix inputs were shared, not copied
+    assert (batched._gradient is None) == (kind == "relu")
     for k in range(3):
         alone = _train(make([seeds[k]]), [x[: ns[k]]], [ys[k]], [lrs[k]], settings)
         assert int(alone.state.steps[0]) == int(batched.state.steps[k])
@@ -159,15 +162,19 @@ def test_weighted_squared_error_gradient_matches_autograd():
     torch.testing.assert_close(weighted_squared_error(pred, y, c), (c * (pred - y) ** 2).sum(1))
 
 
-def test_compaction_steps_only_running_members_and_changes_no_result():
+@pytest.mark.parametrize("kind", ["diagonal", "relu_depth1"])
+def test_compaction_steps_only_running_members_and_changes_no_result(kind):
     """Once the small-n members converge, later chunks step the others alone (trimmed to the
     samples they use), and every member ends where it would without compaction."""
     x, y = _problem(n=40)
     ns, lrs = [8, 40, 40], [0.1, 0.1, 1e-3]
-    settings = GDSettings(max_steps=1500, loss_threshold=1e-6)
+    settings = GDSettings(max_steps=1500, loss_threshold=1e-6 if kind == "diagonal" else 1e-3)
 
     def train(compact):
-        net = DiagonalNetwork(6, ("main",), [0, 1, 2], alpha=0.5)
+        if kind == "diagonal":
+            net = DiagonalNetwork(6, ("main",), [0, 1, 2], alpha=0.5)
+        else:
+            net = ReLUNetwork(6, 32, 1, ("main",), [0, 1, 2], init_scale=0.7, bias=True)
         term = make_term("main", [x[:n] for n in ns], [y[:n] for n in ns],
                          torch.tensor([1.0 / n for n in ns]))
         gd = FullBatchGD(net, [term], list(net.parameters()), torch.tensor(lrs), settings,

@@ -31,25 +31,30 @@ class LossTerm:
     x: Tensor
     y: Tensor
     c: Tensor
-    _bands: list[tuple[int, int, int]] | None = field(default=None, repr=False, compare=False)
+    _bands: dict[float, list[tuple[int, int, int]]] = field(
+        default_factory=dict, repr=False, compare=False)
 
     def sample_counts(self) -> list[int]:
         """n_k: one past the last sample member k uses (c ≠ 0); 0 for a member that uses none."""
         position = torch.arange(1, self.c.shape[1] + 1, device=self.c.device)
         return (self.c.ne(0) * position).amax(1).tolist() if self.c.numel() else [0] * len(self.c)
 
-    def bands(self) -> list[tuple[int, int, int]]:
+    def bands(self, overhead: float | None = None) -> list[tuple[int, int, int]]:
         """Row bands (r₀, r₁, m): samples r₀ ≤ i < r₁ are evaluated on the first m members only.
 
         Members ordered by decreasing n_k make every band's users a prefix of the ensemble, so a
         member that uses 16 samples no longer pays for the 512 another member uses (see
-        :func:`row_bands`; a band costs 4·d flops per member and sample). Computed once per term.
+        :func:`row_bands`). ``overhead`` is the fixed cost of a band in member-samples; by
+        default that of the diagonal network's (a band costs 4·d flops per member and sample).
+        Computed once per term and overhead.
         """
-        if self._bands is None:
-            counts = self.sample_counts()
+        if overhead is None:
             overhead = BAND_OVERHEAD_FLOP / (4 * self.x.shape[-1])
-            self._bands = row_bands(counts, overhead) if any(counts) else [(0, 0, len(counts))]
-        return self._bands
+        if overhead not in self._bands:
+            counts = self.sample_counts()
+            self._bands[overhead] = (row_bands(counts, overhead) if any(counts)
+                                     else [(0, 0, len(counts))])
+        return self._bands[overhead]
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> LossTerm:
         dtype = dtype or self.x.dtype
