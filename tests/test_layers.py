@@ -30,7 +30,7 @@ LAYERS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
                   "mtl_lab.analysis.penalties", "mtl_lab.analysis.callbacks",
                   "mtl_lab.analysis.summary"), ("models",)),
     "results": (("mtl_lab.results", "mtl_lab.flags", "mtl_lab.tables", "mtl_lab.plots",
-                 "mtl_lab.tracking"), ("core",)),
+                 "mtl_lab.tracking", "mtl_lab.reproduce"), ("core",)),
     "execution": (("mtl_lab.sweeps", "mtl_lab.comparison"), ("regimes", "measures", "results")),
     "reports": (("mtl_lab.analysis", "mtl_lab.sweeps.report"), ("regimes", "measures", "results")),
     "interface": (("mtl_lab", "mtl_lab.cli"), ("execution", "reports")),
