@@ -179,10 +179,13 @@ class TrainerConfig(Strict):
     """Where training runs. ``threads``: CPU threads per fit, ``auto`` (chosen from the work of a
     step and the cores free now, never more than this process's share; see
     ``mtl_lab.engine.threads``) or a whole number used as given. Thread counts do not change
-    results, so they are not part of a run's identity."""
+    results, so they are not part of a run's identity. ``cuda_graphs``: on a CUDA device, replay
+    captured blocks of GD steps instead of launching every kernel (``mtl_lab.engine.graphs``;
+    the same numbers, not part of a run's identity either)."""
 
     accelerator: Literal["auto", "cpu", "cuda", "gpu", "mps"] = "auto"
     threads: Literal["auto"] | PositiveInt = "auto"
+    cuda_graphs: bool = True
 
 
 class ComparisonConfig(Strict):

@@ -29,9 +29,11 @@ import torch
 from torch import Tensor
 
 from mtl_lab.engine.closed_form import closed_form_gradient
+from mtl_lab.engine.graphs import StepBlocks, compaction_due
 from mtl_lab.engine.objective import LossTerm, member_losses
 from mtl_lab.models.base import SharedTrunkNetwork
 
+STEP_BLOCK = 64  # steps per captured graph, and between host checks for early stops
 STATUS_RUNNING, STATUS_CONVERGED, STATUS_BUDGET, STATUS_DIVERGED = 0, 1, 2, 3
 STATUS_NAMES = {
     STATUS_RUNNING: "running",
@@ -50,6 +52,7 @@ class GDSettings:
     divergence_limit: float = 100.0
     max_restarts: int = 5
     lr_backoff: float = 10.0
+    cuda_graphs: bool = True  # on a CUDA device, replay captured blocks of steps (graphs.py)
 
 
 @dataclass
@@ -126,6 +129,9 @@ class FullBatchGD:
         # (L, ∂L/∂params) without autograd where the network has a closed form, else None
         self._gradient = (closed_form_gradient(net, self.terms, self.params) if closed_form
                           else None)
+        # blocks of steps replayed as a CUDA graph on a GPU; plain steps elsewhere
+        self._blocks = StepBlocks(self.step, STEP_BLOCK, self.params[0].device,
+                                  enabled=settings.cuda_graphs)
 
     def step(self) -> Tensor:
         """One GD step for every running member; returns the pre-step losses (K,).
@@ -142,7 +148,7 @@ class FullBatchGD:
         value = loss.detach()
         keep = (value >= cfg.loss_threshold) & (value <= cfg.divergence_limit)  # NaN: False
         keep &= s.steps < cfg.max_steps
-        s.loss = torch.where(s.running, value, s.loss)
+        s.loss.copy_(torch.where(s.running, value, s.loss))  # in place: a captured graph's tensors
         s.running &= keep
         if grads is None:
             grads = torch.autograd.grad(loss, self.params, self._ones)
@@ -175,9 +181,9 @@ class FullBatchGD:
             return False
         for p, p0, shape in zip(self.params, self.initial, self._shapes):
             p.copy_(torch.where(retry.view(shape), p0, p))
-        s.lr = torch.where(retry, s.lr / cfg.lr_backoff, s.lr)
+        s.lr.copy_(torch.where(retry, s.lr / cfg.lr_backoff, s.lr))  # in place (graphs)
         s.restarts += retry.long()
-        s.steps = torch.where(retry, 0, s.steps)
+        s.steps.copy_(torch.where(retry, 0, s.steps))
         s.running |= retry
         s.status = torch.where(retry, STATUS_RUNNING, s.status)
         return True
@@ -207,11 +213,12 @@ class FullBatchGD:
         if bool(s.running.any()):  # never step past the largest remaining budget (+1 check)
             left = self.settings.max_steps + 1 - int(s.steps[s.running].min())
             chunk = max(1, min(chunk, left))
-        for i in range(chunk):
-            if i % 64 == 63 and not bool(s.running.any()):  # all stopped early
-                chunk = i
+        done = 0
+        while done < chunk:  # a host check whether anyone still runs once per block of steps
+            done += self._blocks.run(min(self._blocks.next_piece(), chunk - done))
+            if done < chunk and not bool(s.running.any()):  # all stopped early
                 break
-            self.step()
+        chunk = done
         self.steps_run += chunk
         self.state.history.append((self.steps_run, self.state.loss.clone()))
         self.restart_diverged()
@@ -231,6 +238,9 @@ class FullBatchGD:
         stepped = self._sub[0].tolist() if self._sub else list(range(self.state.lr.shape[0]))
         if not order or order == stepped:
             return
+        graphs = self._blocks.use_graph
+        if self._sub is not None and not compaction_due(len(stepped), len(order), graphs):
+            return  # keep replaying the captured sub-ensemble; stopped members step at rate 0
         index = torch.tensor(order, device=self.state.lr.device)
         sub_net = self.net.select_members(index)
         sub = FullBatchGD(

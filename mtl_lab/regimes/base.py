@@ -193,7 +193,7 @@ def _fit(net, terms, trainable, lr, training: TrainingConfig, ctx: GroupContext,
     if training.mode == "full_batch":
         settings = GDSettings(training.max_steps, training.loss_threshold,
                               training.divergence_limit, training.max_restarts,
-                              training.lr_backoff)
+                              training.lr_backoff, ctx.cfg.trainer.cuda_graphs)
         chunk = member_chunks(net, terms, ensemble_budget_mb(training, ctx.device))
         recipe = FullBatchRecipe(net, terms, params, lr, settings, training.steps_per_call,
                                  dtype, member_chunk=chunk, governor=governor)

@@ -26,7 +26,8 @@ INPUT_PARAMS = ("d", "n_aux", "n_test")  # task parameters that fix the inputs' 
 def run_config(cfg: ComparisonConfig) -> dict:
     """The part of the config that determines every run (what the run hash covers)."""
     dumped = cfg.model_dump(mode="json")
-    dumped["trainer"].pop("threads")  # how fast, not what: results do not depend on it
+    for speed_only in ("threads", "cuda_graphs"):  # how fast, not what: results do not change
+        dumped["trainer"].pop(speed_only)
     if not dumped["mtl"]["options"]:  # absent before weighting options existed: same run ids
         dumped["mtl"].pop("options")
     return {k: v for k, v in dumped.items() if k not in PER_RUN_KEYS}
