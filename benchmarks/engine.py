@@ -21,6 +21,7 @@ Run: python benchmarks/engine.py [--quick] [--device cpu|cuda]
 from __future__ import annotations
 
 import argparse
+import math
 import platform
 import time
 
@@ -145,10 +146,11 @@ def engine(net, x_list, y_list, steps: int, lr: float = 1e-3, budget_mb: float |
     return k * steps / seconds
 
 
-def matmul_rate(shapes: list[tuple[tuple[int, int], tuple[int, int]]], reps: int) -> float:
-    """FLOP/s of bare torch matrix products (the arithmetic limit of one GD step)."""
+def matmul_rate(shapes: list[tuple[tuple[int, ...], tuple[int, ...]]], reps: int) -> float:
+    """FLOP/s of bare torch matrix products (the arithmetic limit of one GD step); a pair of 3-D
+    shapes (K, m, q) × (K, q, n) is a batched product."""
     mats = [(torch.randn(*a, device=DEVICE), torch.randn(*b, device=DEVICE)) for a, b in shapes]
-    flops = sum(2 * a[0] * a[1] * b[1] for a, b in shapes)
+    flops = sum(2 * math.prod(a) * b[-1] for a, b in shapes)
     for a, b in mats:
         a @ b
 
@@ -257,10 +259,24 @@ def main() -> None:
             c_default = c
     c = c_default
     flops_step = 2 * (2 * n * d * width) + 3 * (2 * n * width)
-    limit = matmul_rate([((n, d), (d, k * width)), ((k * width, n), (n, d))], int(20 * scale))
+    # the closed form's products (engine/closed_form.py): the forward x·Wᵀ and the trunk
+    # gradient xᵀ·(r v ∘ 1[z > 0]), batched over the K members
+    limit = matmul_rate([((k, n, d), (k, d, width)), ((k, d, n), (k, n, width))],
+                        int(20 * scale))
     print(f"  (d) arithmetic limit: {limit / 1e9:.1f} GFLOP/s; (c) reaches "
           f"{c * flops_step / 1e9:.1f} GFLOP/s = {c * flops_step / limit:4.2f} of it "
           "(ReLU + head are memory-bound)")
+    memory_line(c, n, width)
+
+
+def memory_line(c: float, n: int, width: int) -> None:
+    """(d'): the activation traffic of (c) against the measured copy bandwidth. A ReLU step
+    touches at least 4·n·H floats per member (write h, read it for the error, write and read
+    the activity mask), so at small d it is bound by memory, not by the matmul rate."""
+    traffic = c * 16 * n * width
+    bandwidth = copy_bandwidth(64 if DEVICE.type == "cpu" else 256)
+    print(f"  (d') activation traffic {traffic / 1e9:.1f} GB/s vs copy bandwidth "
+          f"{bandwidth / 1e9:.1f} GB/s = {traffic / bandwidth:4.2f} of it")
 
 
 def relu_on_gpu(x, width: int, a: float, scale: float) -> None:
@@ -272,13 +288,14 @@ def relu_on_gpu(x, width: int, a: float, scale: float) -> None:
         c = engine(ReLUNetwork(d, width, 1, ("main",), list(range(k))), [x] * k, targets,
                    int(2000 * scale), chunk=500)
         flops_step = 2 * (2 * n * d * width) + 3 * (2 * n * width)
-        limit = matmul_rate([((n, d), (d, k * width)), ((k * width, n), (n, d))],
+        limit = matmul_rate([((k, n, d), (k, d, width)), ((k, d, n), (k, n, width))],
                             int(200 * scale))
         print(f"  (c) engine, K={k}, one ensemble  {c:8.0f} runs·steps/s = {c / k:6.0f} "
               f"steps/s per group; (c)/(a) = {c / a:5.2f} (≥ 1: never slower than K plain "
               f"loops); target ≥ 3000 steps/s per group at K=16")
         print(f"  (d) arithmetic limit {limit / 1e9:.0f} GFLOP/s; (c) reaches "
               f"{c * flops_step / 1e9:.0f} GFLOP/s = {c * flops_step / limit:4.2f} of it")
+        memory_line(c, n, width)
 
 
 if __name__ == "__main__":
