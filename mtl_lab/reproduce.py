@@ -247,13 +247,18 @@ def _compared_columns(tables: dict[str, pd.DataFrame], columns: Sequence[str],
     return found
 
 
+def _missing(column: str, x: float, y: float, spec: str) -> tuple[str | None, float]:
+    """The outcome when a value is missing (NaN) on one side or both (equal when both)."""
+    if math.isnan(x) and math.isnan(y):
+        return None, float("nan")
+    return f"{column} {x:{spec}} vs {y:{spec}}: missing on one side", float("inf")
+
+
 def _compare_loss(column: str, x: Any, y: Any, rtol: float, atol: float
                   ) -> tuple[str | None, float]:
     x, y = _number(x), _number(y)
-    if math.isnan(x) and math.isnan(y):
-        return None, float("nan")
     if math.isnan(x) or math.isnan(y):
-        return f"{column} {x:.4g} vs {y:.4g}: missing on one side", float("inf")
+        return _missing(column, x, y, ".4g")
     scale = max(abs(x), abs(y))
     relative = abs(x - y) / scale if scale else 0.0
     if abs(x - y) <= rtol * scale + atol:
@@ -265,10 +270,8 @@ def _compare_loss(column: str, x: Any, y: Any, rtol: float, atol: float
 def _compare_steps(column: str, x: Any, y: Any, step_atol: int, step_rtol: float
                    ) -> tuple[str | None, float]:
     x, y = _number(x), _number(y)
-    if math.isnan(x) and math.isnan(y):
-        return None, float("nan")
     if math.isnan(x) or math.isnan(y):
-        return f"{column} {x:.0f} vs {y:.0f}: missing on one side", float("inf")
+        return _missing(column, x, y, ".0f")
     allowed = max(step_atol, step_rtol * max(abs(x), abs(y)))
     if abs(x - y) <= allowed:
         return None, abs(x - y)
