@@ -21,6 +21,7 @@ from pydantic import (
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -141,11 +142,25 @@ class MTLConfig(Strict):
 
 
 class FinetuneConfig(Strict):
-    """PT+FT: fresh main head of scale γ, trunk rescaled by c, train all or the head only."""
+    """PT+FT: fresh main head of scale γ, trunk rescaled by c, train all or the head only.
+
+    ``gamma_follows_rescale``: γ = c · ``head_init_scale`` instead of ``head_init_scale`` (the
+    paper's nested-rescaling experiment pairs them: γ = c·10⁻³)."""
 
     head_init_scale: PositiveFloat = 1e-3
     rescale: PositiveFloat = 1.0
     train: Literal["all", "head"] = "all"
+    gamma_follows_rescale: bool = False
+
+    @property
+    def gamma(self) -> float:
+        """The new head's initial scale γ actually used."""
+        return effective_gamma(self.head_init_scale, self.rescale, self.gamma_follows_rescale)
+
+
+def effective_gamma(head_init_scale: float, rescale: float, follows: bool) -> float:
+    """γ = c · head_init_scale when it follows the rescale factor, else head_init_scale."""
+    return float(head_init_scale) * (float(rescale) if follows else 1.0)
 
 
 class RidgeConfig(Strict):
@@ -205,6 +220,19 @@ class ComparisonConfig(Strict):
     ridge: RidgeConfig = RidgeConfig()
     logging: LoggingConfig = LoggingConfig()
     trainer: TrainerConfig = TrainerConfig()
+
+    _pretraining_given: frozenset[str] | None = PrivateAttr(default=None)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pretraining_inherits_training(cls, data: Any) -> Any:
+        """A ``pretraining`` block starts from ``training``, key by key: what it does not set
+        is the training value, never the default (``mtl-lab config`` marks inherited keys)."""
+        if isinstance(data, dict) and isinstance(data.get("pretraining"), dict):
+            training = data.get("training") or {}
+            if isinstance(training, dict):
+                data = {**data, "pretraining": {**training, **data["pretraining"]}}
+        return data
 
     @field_validator("regimes", "seeds", "n_main")
     @classmethod
@@ -279,6 +307,8 @@ def validate_config(raw: dict[str, Any], source: str = "<dict>",
         cfg = ComparisonConfig.model_validate(raw)
     except ValidationError as err:
         _raise(source, _format_validation(err), overrides)
+    if isinstance(raw.get("pretraining"), dict):
+        cfg._pretraining_given = frozenset(raw["pretraining"])
     try:
         tasks.get_family(cfg.task.family)
     except (KeyError, ValueError) as err:
@@ -349,8 +379,21 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Compari
 
 
 def dump_config(cfg: ComparisonConfig) -> str:
-    """The fully resolved config as YAML (every default filled in)."""
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    """The fully resolved config as YAML (every default filled in); keys of a ``pretraining``
+    block that it inherited from ``training`` carry the comment ``# from training``."""
+    text = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    given = cfg._pretraining_given
+    if cfg.pretraining is None or given is None:
+        return text
+    lines, inside = [], False
+    for line in text.splitlines():
+        if not line.startswith(" "):
+            inside = line.startswith("pretraining:")
+        key = line.strip().split(":", 1)[0]
+        if inside and line.startswith("  ") and not line.startswith("   ") and key not in given:
+            line += "  # from training"
+        lines.append(line)
+    return "\n".join(lines) + "\n"
 
 
 def get_path(cfg: BaseModel, key: str) -> Any:
@@ -362,8 +405,11 @@ def get_path(cfg: BaseModel, key: str) -> Any:
 
 
 def member_knobs(cfg: ComparisonConfig) -> dict[str, Any]:
-    """The per-member values of a run's config, by :class:`~mtl_lab.regimes.Member` field."""
-    return {name: get_path(cfg, key) for key, name in MEMBER_KNOBS.items()}
+    """The per-member values of a run's config, by :class:`~mtl_lab.regimes.Member` field
+    (γ as used: :attr:`FinetuneConfig.gamma`)."""
+    knobs = {name: get_path(cfg, key) for key, name in MEMBER_KNOBS.items()}
+    knobs["head_init_scale"] = cfg.finetune.gamma
+    return knobs
 
 
 def drop_member_knobs(tree: dict[str, Any]) -> dict[str, Any]:

@@ -36,7 +36,7 @@ from mtl_lab.analysis.features import (
 )
 from mtl_lab.analysis.weights import layer_changes
 from mtl_lab.checkpoints import load_network
-from mtl_lab.config import ConfigError, ModelConfig
+from mtl_lab.config import ConfigError, ModelConfig, effective_gamma
 from mtl_lab.data import TaskTensors
 from mtl_lab.models import DiagonalNetwork, SharedTrunkNetwork
 from mtl_lab.progress import tqdm
@@ -71,6 +71,13 @@ def _model_config(row: dict[str, Any]) -> ModelConfig:
     return ModelConfig(**fields)
 
 
+def row_gamma(row: dict[str, Any]) -> float:
+    """The γ a results row's run used (c · head_init_scale when γ followed c)."""
+    follows = _clean(row.get("config.finetune.gamma_follows_rescale"))
+    return effective_gamma(row["config.finetune.head_init_scale"],
+                           row["config.finetune.rescale"], bool(follows))
+
+
 def starting_network(row: dict[str, Any], pretrained: SharedTrunkNetwork | None,
                      in_dim: int) -> SharedTrunkNetwork | None:
     """Rebuild where the run's gradient training started (deterministic from its config)."""
@@ -84,8 +91,8 @@ def starting_network(row: dict[str, Any], pretrained: SharedTrunkNetwork | None,
         if pretrained is None:
             return None
         start = pretrained.select_members([0])
-        prepare_finetune(start, [float(row["config.finetune.rescale"])],
-                         [float(row["config.finetune.head_init_scale"])], [seed])
+        prepare_finetune(start, [float(row["config.finetune.rescale"])], [row_gamma(row)],
+                         [seed])
         return start
     return build_network(_model_config(row), in_dim, spec.heads, [seed])
 
@@ -195,7 +202,7 @@ def _solution_norms(net: SharedTrunkNetwork, art: RunArtifacts, penalties) -> di
             aux = (art.pretrained.beta("aux")[0] if art.pretrained is not None
                    else net.beta("aux")[0] if "aux" in net.tasks else torch.zeros_like(main))
         aux = aux.double()
-        gamma = float(art.row.get("config.finetune.head_init_scale") or 0.0)
+        gamma = row_gamma(art.row) if art.row.get("config.finetune.head_init_scale") else 0.0
         return {"l1_main": float(penalties.l1(main)), "l2_main": float(penalties.l2(main)),
                 "l12": float(penalties.l12(aux, main)),
                 "ptft_penalty": float(penalties.ptft_penalty(main, aux, gamma))}

@@ -30,6 +30,8 @@ def run_config(cfg: ComparisonConfig) -> dict:
         dumped["trainer"].pop(speed_only)
     if not dumped["mtl"]["options"]:  # absent before weighting options existed: same run ids
         dumped["mtl"].pop("options")
+    if not dumped["finetune"]["gamma_follows_rescale"]:  # likewise, when γ does not follow c
+        dumped["finetune"].pop("gamma_follows_rescale")
     return {k: v for k, v in dumped.items() if k not in PER_RUN_KEYS}
 
 

@@ -1,0 +1,47 @@
+"""Settings the paper's experiments need: a pretraining block that inherits training key by key,
+and a new head's scale that follows the rescale factor (γ = c·10⁻³)."""
+
+from __future__ import annotations
+
+import pytest
+
+from mtl_lab.analysis.runs import row_gamma
+from mtl_lab.comparison import run_comparison
+from mtl_lab.config import dump_config, member_knobs, validate_config
+from mtl_lab.sweeps.plan import make_run_id
+from tests.conftest import tiny_raw
+
+
+def test_pretraining_inherits_training_key_by_key():
+    raw = tiny_raw(**{"training.max_steps": 777, "training.steps_per_call": 111,
+                      "pretraining": {"lr": 0.5}})
+    cfg = validate_config(raw)
+    assert cfg.pretraining.lr == 0.5
+    assert cfg.pretraining.max_steps == 777 and cfg.pretraining.steps_per_call == 111
+    dumped = dump_config(cfg)
+    assert "  max_steps: 777  # from training" in dumped
+    assert "  lr: 0.5\n" in dumped  # given, so not marked
+
+
+def test_no_pretraining_block_keeps_the_run_ids():
+    cfg = validate_config(tiny_raw())
+    assert cfg.pretraining is None
+    # the run id of a config without the new options is what it was before they existed
+    again = validate_config(tiny_raw(**{"finetune.gamma_follows_rescale": False}))
+    assert make_run_id(cfg, "ptft", 0, 8) == make_run_id(again, "ptft", 0, 8)
+
+
+def test_gamma_follows_the_rescale_factor_when_asked(tmp_path):
+    raw = tiny_raw(regimes=["ptft"], n_main=[8], **{
+        "finetune.rescale": 0.1, "finetune.head_init_scale": 1e-3,
+        "finetune.gamma_follows_rescale": True, "training.max_steps": 1,
+        "training.steps_per_call": 1})
+    cfg = validate_config(raw)
+    assert cfg.finetune.gamma == pytest.approx(1e-4)
+    assert member_knobs(cfg)["head_init_scale"] == pytest.approx(1e-4)
+    plain = validate_config({**raw, "finetune": {**raw["finetune"],
+                                                 "gamma_follows_rescale": False}})
+    assert member_knobs(plain)["head_init_scale"] == pytest.approx(1e-3)
+    assert make_run_id(cfg, "ptft", 0, 8) != make_run_id(plain, "ptft", 0, 8)
+    rows = run_comparison(cfg, tmp_path / "c", progress=False)
+    assert row_gamma(rows.iloc[0].to_dict()) == pytest.approx(1e-4)
