@@ -1,13 +1,18 @@
 """Family ``sparse_linear``: two sparse linear teachers with controlled support overlap.
 
-beta_aux has k_aux nonzeros ±1/√k_aux; beta_main has k_main nonzeros ±1/√k_main, of which
+beta_aux has k_aux nonzeros ±a_aux; beta_main has k_main nonzeros ±a_main, of which
 ``overlap`` coordinates are shared with the aux support (with the same signs) and the rest
 are fresh coordinates. y = x · beta (+ noise).
+
+The weight scales are parameters (SCIENCE.md §3): ``aux_scale`` and ``main_scale`` are
+``"1/sqrt(k)"`` (the default: a = 1/√k, so the loss of predicting zero is ≈ 1), ``"1/k"``
+(a = 1/k, zero-predictor loss ≈ 1/k, as in some of the paper's nested and disjoint experiments)
+or a positive number (a itself).
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -30,6 +35,8 @@ class SparseLinearParams(TeacherStudentParams):
     k_main: PosInt
     overlap: Annotated[int, Field(ge=0)] | None = None
     nested: bool = False
+    aux_scale: Literal["1/sqrt(k)", "1/k"] | Annotated[float, Field(gt=0)] = "1/sqrt(k)"
+    main_scale: Literal["1/sqrt(k)", "1/k"] | Annotated[float, Field(gt=0)] = "1/sqrt(k)"
 
     @model_validator(mode="after")
     def _check_supports(self) -> SparseLinearParams:
@@ -58,6 +65,15 @@ class SparseLinearParams(TeacherStudentParams):
             )
         return self
 
+    @staticmethod
+    def weight(scale: str | float, k: int) -> float:
+        """The magnitude a of each nonzero teacher weight for a support of size k."""
+        if scale == "1/sqrt(k)":
+            return 1.0 / float(np.sqrt(k))
+        if scale == "1/k":
+            return 1.0 / k
+        return float(scale)
+
     @property
     def effective_overlap(self) -> int:
         """Number of shared coordinates: ``overlap``, or k_main when ``nested``."""
@@ -67,9 +83,10 @@ class SparseLinearParams(TeacherStudentParams):
 def sparse_linear_teacher(params: SparseLinearParams, seed: int) -> dict[str, np.ndarray]:
     """Draw beta_aux, beta_main ∈ R^d from stream 0.
 
-    perm = permutation(d); aux support perm[:k_aux] with signs s, beta_aux = s/√k_aux.
+    perm = permutation(d); aux support perm[:k_aux] with signs s, beta_aux = s·a_aux.
     Main support = ``overlap`` random aux coordinates (same signs) +
-    perm[k_aux : k_aux + k_main - overlap] (fresh signs); beta_main = sign/√k_main.
+    perm[k_aux : k_aux + k_main - overlap] (fresh signs); beta_main = sign·a_main
+    (a = 1/√k by default; see the module docstring).
     """
     d, k_aux, k_main = params.d, params.k_aux, params.k_main
     overlap = params.effective_overlap
@@ -82,10 +99,12 @@ def sparse_linear_teacher(params: SparseLinearParams, seed: int) -> dict[str, np
     fresh_signs = random_signs(rng, k_main - overlap)
 
     beta_aux = np.zeros(d)
-    beta_aux[aux_idx] = aux_signs / np.sqrt(k_aux)
+    a_aux = params.weight(params.aux_scale, k_aux)
+    a_main = params.weight(params.main_scale, k_main)
+    beta_aux[aux_idx] = aux_signs * a_aux
     beta_main = np.zeros(d)
-    beta_main[aux_idx[shared_pos]] = aux_signs[shared_pos] / np.sqrt(k_main)
-    beta_main[fresh_idx] = fresh_signs / np.sqrt(k_main)
+    beta_main[aux_idx[shared_pos]] = aux_signs[shared_pos] * a_main
+    beta_main[fresh_idx] = fresh_signs * a_main
     return {"beta_aux": beta_aux, "beta_main": beta_main}
 
 

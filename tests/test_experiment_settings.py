@@ -45,3 +45,22 @@ def test_gamma_follows_the_rescale_factor_when_asked(tmp_path):
     assert make_run_id(cfg, "ptft", 0, 8) != make_run_id(plain, "ptft", 0, 8)
     rows = run_comparison(cfg, tmp_path / "c", progress=False)
     assert row_gamma(rows.iloc[0].to_dict()) == pytest.approx(1e-4)
+
+
+def test_sparse_linear_weight_scales_are_parameters():
+    import numpy as np
+
+    import tasks
+
+    base = {"d": 50, "k_aux": 10, "k_main": 4, "nested": True, "n_main": 8, "n_aux": 8,
+            "n_test": 8}
+    default = tasks.task_teacher("sparse_linear", base, 0)
+    small = tasks.task_teacher("sparse_linear", {**base, "main_scale": "1/k"}, 0)
+    fixed = tasks.task_teacher("sparse_linear", {**base, "aux_scale": 0.5}, 0)
+    nz = default["beta_main"] != 0
+    assert np.allclose(np.abs(default["beta_main"][nz]), 1 / np.sqrt(4))
+    assert np.allclose(np.abs(small["beta_main"][nz]), 1 / 4)  # zero-predictor loss ≈ 1/k_main
+    assert np.array_equal(np.sign(small["beta_main"]), np.sign(default["beta_main"]))
+    assert np.allclose(np.abs(fixed["beta_aux"][fixed["beta_aux"] != 0]), 0.5)
+    with pytest.raises(ValueError):
+        tasks.validate_params("sparse_linear", {**base, "main_scale": -1.0})
