@@ -64,3 +64,25 @@ def test_sparse_linear_weight_scales_are_parameters():
     assert np.allclose(np.abs(fixed["beta_aux"][fixed["beta_aux"] != 0]), 0.5)
     with pytest.raises(ValueError):
         tasks.validate_params("sparse_linear", {**base, "main_scale": -1.0})
+
+
+def test_conservation_drift_is_reported_in_units_a_reader_can_judge(tmp_path):
+    """At a small initialisation h₀ ≈ 0, so the old ratio to max|h₀| explodes; the reported
+    drift is absolute and relative to ‖θ‖²."""
+    from mtl_lab.analysis import symmetry
+    from mtl_lab.analysis.runs import analyze_run_dir, starting_network
+    from mtl_lab.checkpoints import load_network
+
+    raw = tiny_raw(regimes=["stl"], n_main=[16], **{
+        "model.init_scale": 1e-3, "training.lr": 0.2, "training.max_steps": 3000})
+    out = tmp_path / "c"
+    rows = run_comparison(validate_config(raw), out, progress=False)
+    analysis, _ = analyze_run_dir(out, progress=False)
+    drift, relative = analysis["conservation_drift"][0], analysis["conservation_drift_rel"][0]
+    assert 0 < drift < 1e-2 and relative < 1e-2
+    row = rows.iloc[0].to_dict()
+    start = starting_network(row, None, 5)
+    net, _ = load_network(out / "checkpoints" / f"run-{row['run_id']}.pt")
+    h0, h1 = symmetry.conservation_values(start), symmetry.conservation_values(net)
+    old = max(float(symmetry.conservation_drift(h0[k], h1[k])[0]) for k in h1)
+    assert old > 100  # what the old unit read for the same run: a ratio to max|h₀| ≈ 0

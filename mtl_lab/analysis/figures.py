@@ -20,7 +20,7 @@ LABEL_COLOURS = {"reused": "#2ca02c", "modified": "#ff7f0e", "new": "#d62728",
                  "unused": "#c7c7c7"}
 FAMILIES = {
     "representation": ["pr", "pr_reference", "ensd_reference", "cka_reference"],
-    "weights": ["weight_change", "conservation_drift"],
+    "weights": ["weight_change", "conservation_drift", "conservation_drift_rel"],
     "norms": ["path_norm_l1", "path_norm_l2", "l1_main", "l12", "ptft_penalty", "f1_main",
               "group_norm"],
 }
@@ -40,8 +40,10 @@ METRIC_LABELS = {
     "cka_reference": ("similarity to the reference", "linear CKA (unbiased) with reference"),
     "weight_change": ("relative weight change",
                       "‖W − W_start‖_F / ‖W_start‖_F, layer mean"),
-    "conservation_drift": ("conservation-law drift",
-                           "drift: max_j |Δh_j| / max_j |h_j(start)|"),
+    "conservation_drift": ("conservation-law drift (absolute)",
+                           "max_j |Δh_j| (squared-weight units)"),
+    "conservation_drift_rel": ("conservation-law drift (relative)",
+                               "max_j |Δh_j| / max(‖θ_start‖², ‖θ_end‖²)"),
     "path_norm_l1": ("ℓ1 path-norm", "ℓ1 path-norm ‖Φ(θ)‖₁ (all heads)"),
     "path_norm_l2": ("ℓ2 path-norm", "ℓ2 path-norm ‖Φ(θ)‖₂ (all heads)"),
     "l1_main": ("ℓ1 norm of the main predictor", "‖β_main‖₁"),

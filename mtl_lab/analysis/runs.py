@@ -156,8 +156,10 @@ def analyze_one(art: RunArtifacts, thresholds: ReuseThresholds = DEFAULT_THRESHO
         changes = layer_changes(net, art.start)
         out["weight_change"] = float(torch.stack([v[0] for v in changes.values()]).mean())
         h0, h1 = symmetry.conservation_values(art.start), symmetry.conservation_values(net)
-        out["conservation_drift"] = float(max(symmetry.conservation_drift(h0[k], h1[k])[0]
-                                              for k in h1))
+        change = max(float(symmetry.conservation_change(h0[k], h1[k])[0]) for k in h1)
+        out["conservation_drift"] = change  # absolute, in squared-weight units
+        out["conservation_drift_rel"] = float(symmetry.relative_to_norm(
+            torch.tensor([change], dtype=torch.float64), art.start, net)[0])
     out["path_norm_l1"] = float(symmetry.path_norm(net, q=1.0)[0])
     out["path_norm_l2"] = float(symmetry.path_norm(net, q=2.0)[0])
     out.update(_solution_norms(net, art, penalties))

@@ -31,6 +31,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 
 import lightning as L
@@ -43,6 +44,7 @@ from mtl_lab.models.relu import ReLUNetwork
 
 __all__ = [
     "ConservationMonitor",
+    "conservation_change",
     "conservation_drift",
     "conservation_values",
     "path_lifting",
@@ -113,6 +115,36 @@ def conservation_drift(
     """
     a, b = _flat(h0), _flat(h1).to(_flat(h0))
     return (b - a).abs().amax(dim=1) / (a.abs().amax(dim=1) + tiny)
+
+
+def conservation_change(h0: Tensor | Mapping[str, Tensor], h1: Tensor | Mapping[str, Tensor]
+                        ) -> Tensor:
+    """Absolute drift of the conserved quantities, per member: max_j |h1_{k,j} − h0_{k,j}| (K,),
+    in the units of h — squared weights. This is what results tables and monitors report, with
+    :func:`relative_to_norm`: unlike :func:`conservation_drift` it stays meaningful at a small
+    or balanced initialisation, where max|h0| is tiny.
+
+    Example:
+        >>> conservation_change(torch.tensor([[1.0, -2.0]]), torch.tensor([[1.1, -2.0]]))
+        tensor([0.1000])
+    """
+    a, b = _flat(h0), _flat(h1).to(_flat(h0))
+    return (b - a).abs().amax(dim=1)
+
+
+@torch.no_grad()
+def squared_norm(net: SharedTrunkNetwork) -> Tensor:
+    """‖θ_k‖² of every member: the sum of its squared parameters, (K,)."""
+    return sum(p.detach().double().pow(2).flatten(1).sum(1) for p in net.parameters())
+
+
+def relative_to_norm(change: Tensor, *nets: SharedTrunkNetwork, tiny: float = 1e-30) -> Tensor:
+    """``change`` (in squared-weight units) over the larger squared parameter norm of ``nets``
+    (the start and the end of training): the share of the network's squared size that the
+    conserved quantities moved by. h_j = ‖in_j‖² − ‖out_j‖² is a difference of squared norms,
+    so 1e-3 means the laws held to a thousandth of the weights' squared scale."""
+    scale = torch.stack([squared_norm(n).to(change) for n in nets]).amax(0)
+    return change / (scale + tiny)
 
 
 @torch.no_grad()
@@ -253,8 +285,9 @@ def path_norm_from_lifting(phi: Tensor, q: float = 1.0) -> Tensor:
 
 
 class ConservationMonitor(L.Callback):
-    """Logs ``conservation/max_drift``: the largest :func:`conservation_drift` over all members
-    trained so far, every ``every_n`` Lightning steps.
+    """Logs ``conservation/max_drift`` — the largest absolute drift :func:`conservation_change`
+    over all members trained so far — and ``conservation/max_drift_rel`` (the same relative to
+    the squared parameter norm, :func:`relative_to_norm`) every ``every_n`` Lightning steps.
 
     With a :class:`~mtl_lab.engine.recipes.FullBatchRecipe` the values are read off the engines'
     networks (``pl_module.engines[i].net``: sub-ensembles when ``member_chunk`` splits the
@@ -270,7 +303,9 @@ class ConservationMonitor(L.Callback):
         self.every_n = every_n
         self.name = name
         self.h0: list[dict[str, Tensor]] = []
+        self.starts: list[SharedTrunkNetwork] = []
         self.drifts: list[Tensor] = []
+        self.relative: list[Tensor] = []
         self._calls = 0
         self._last = 0
 
@@ -288,8 +323,10 @@ class ConservationMonitor(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         nets = self._nets(pl_module)
         self.h0 = [conservation_values(n) for n in nets]
+        self.starts = [copy.deepcopy(n) for n in nets]
         self.drifts = [torch.zeros(n.ensemble_size, device=next(n.parameters()).device)
                        for n in nets]
+        self.relative = [d.clone() for d in self.drifts]
         self._calls = 0
         self._last = 0
 
@@ -299,6 +336,7 @@ class ConservationMonitor(L.Callback):
             return
         self._update(pl_module)
         pl_module.log(self.name, torch.cat(self.drifts).max().float())
+        pl_module.log(f"{self.name}_rel", torch.cat(self.relative).max().float())
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._update(pl_module)  # ``drift`` is final even when the last step was not logged
@@ -308,7 +346,8 @@ class ConservationMonitor(L.Callback):
         nets = self._nets(pl_module)
         now = self._current(pl_module, len(nets))
         for i in range(self._last, now + 1):
-            self.drifts[i] = conservation_drift(self.h0[i], conservation_values(nets[i]))
+            self.drifts[i] = conservation_change(self.h0[i], conservation_values(nets[i]))
+            self.relative[i] = relative_to_norm(self.drifts[i], self.starts[i], nets[i])
         self._last = now
 
     @property
