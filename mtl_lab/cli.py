@@ -29,7 +29,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_table(results) -> None:
+def _print_table(results, metric: str = "test_loss_main") -> None:
     """The table of mean main-task test losses with the flags of unfinished runs under it."""
     import pandas as pd
 
@@ -37,7 +37,7 @@ def _print_table(results) -> None:
     from mtl_lab.tables import marked_table
 
     with pd.option_context("display.width", 200, "display.max_columns", None):
-        print(marked_table(results).to_string())
+        print(marked_table(results, metric).to_string())
     note = flags_note(results)
     if note:
         print(note)
@@ -83,9 +83,16 @@ def _cmd_results(args: argparse.Namespace) -> int:
         table.to_parquet(args.parquet, index=False)
         print(f"wrote {len(table)} rows to {args.parquet}")
     if not (args.csv or args.parquet):
-        print(f"{len(table)} runs; mean test loss on the main task (over seeds; every other "
-              "setting that varies is a row or column):")
-        _print_table(table)
+        metric = "test_loss_main"
+        if args.relative:
+            from mtl_lab.tables import RELATIVE_SUFFIX, with_relative_to_stl
+
+            table, metric = with_relative_to_stl(table), metric + RELATIVE_SUFFIX
+        what = ("main-task test loss / STL's at the smallest n_main" if args.relative
+                else "mean test loss on the main task")
+        print(f"{len(table)} runs; {what} (over seeds; every other setting that varies is a "
+              "row or column):")
+        _print_table(table, metric)
     return 0
 
 
@@ -149,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     res.add_argument("folder")
     res.add_argument("--csv", help="write the table as CSV to this path")
     res.add_argument("--parquet", help="write the table as parquet to this path")
+    res.add_argument("--relative", action="store_true",
+                     help="divide by STL's mean test loss at the smallest n_main (per setting)")
     res.set_defaults(func=_cmd_results)
     rep = sub.add_parser("report", help="HTML report with figures for a sweep folder")
     rep.add_argument("folder")

@@ -224,3 +224,43 @@ def marked_table(results: pd.DataFrame, metric: str = METRIC, digits: int = 3) -
         text = f"{mean:.{digits}e}" if np.isfinite(mean) else "–"
         cells[(*key, col)] = text + mark
     return _frame(cells, results).fillna("")
+
+
+RELATIVE_SUFFIX = "_rel_stl"
+
+
+def relative_to_stl(results: pd.DataFrame, metric: str = METRIC,
+                    baseline: str = "STL") -> pd.Series:
+    """``metric`` divided by the baseline regime's mean ``metric`` at its smallest n_main, within
+    the same swept setting — the normalisation of the paper's figures. NaN where the setting has
+    no finite baseline run. Regimes that do not vary a swept column share the baseline of each of
+    its values (:func:`select`); a row is normalised by the first setting it belongs to.
+
+    Example:
+        >>> rows = pd.DataFrame({"regime_label": ["STL", "STL", "MTL"], "n_main": [8, 32, 8],
+        ...                      "seed": [0, 0, 0], "test_loss_main": [2.0, 1.0, 0.5]})
+        >>> relative_to_stl(rows).tolist()
+        [1.0, 0.5, 0.25]
+    """
+    out = pd.Series(float("nan"), index=results.index, name=f"{metric}{RELATIVE_SUFFIX}")
+    levels = index_columns(results)
+    finite = finite_rows(results, metric)
+    values = pd.to_numeric(results[metric], errors="coerce")
+    for combo in itertools.product(*[sorted_values(results[c]) for c in levels]):
+        fixed = dict(zip(levels, combo))
+        base = select_where(finite, fixed)
+        base = base[base["regime_label"] == baseline]
+        if base.empty:
+            continue
+        reference = base.loc[base["n_main"] == base["n_main"].min(), metric].mean()
+        rows = select_where(results, fixed).index
+        todo = rows[out.loc[rows].isna().to_numpy()]
+        out.loc[todo] = values.loc[todo] / reference
+    return out
+
+
+def with_relative_to_stl(results: pd.DataFrame, metric: str = METRIC) -> pd.DataFrame:
+    """The table with a ``<metric>_rel_stl`` column (see :func:`relative_to_stl`)."""
+    column = relative_to_stl(results, metric)
+    return results.assign(**{column.name: column})
+

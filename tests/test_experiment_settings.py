@@ -86,3 +86,26 @@ def test_conservation_drift_is_reported_in_units_a_reader_can_judge(tmp_path):
     h0, h1 = symmetry.conservation_values(start), symmetry.conservation_values(net)
     old = max(float(symmetry.conservation_drift(h0[k], h1[k])[0]) for k in h1)
     assert old > 100  # what the old unit read for the same run: a ratio to max|h₀| ≈ 0
+
+
+def test_sweep_case_names_reach_the_results_and_stl_normalises(tmp_path, capsys):
+    import yaml
+
+    from mtl_lab.cli import main
+    from mtl_lab.sweeps.report import write_report
+    from mtl_lab.sweeps.run import run_sweep
+
+    base = tiny_raw(regimes=["stl"], n_main=[8, 32], **{"training.max_steps": 200})
+    spec = {"name": "cases", "base": base,
+            "overrides": {"case": {"joint": {"regimes": ["stl", "mtl"]},
+                                   "finetuned": {"regimes": ["stl", "ptft"]}}}}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    rows = run_sweep(path, tmp_path / "out", progress=False)
+    cases = dict(zip(rows["regime"], rows["sweep.case"]))
+    assert cases == {"stl": "finetuned|joint", "mtl": "joint", "ptft": "finetuned"}
+    assert main(["results", str(tmp_path / "out"), "--relative"]) == 0
+    printed = capsys.readouterr().out
+    assert "1.000e+00" in printed  # STL at the smallest n_main is 1 by construction
+    page = write_report(rows, tmp_path / "out").read_text()
+    assert "loss_relative_to_stl.png" in page

@@ -62,6 +62,7 @@ def run_row(spec: RunSpec, metrics: dict, wall: float, size: int) -> dict:
         "n_main": spec.n_main,
         "task_params": json.dumps(cfg.task_params(spec.n_main), sort_keys=True),
         **{f"config.{k}": v for k, v in flatten(run_config(cfg)).items()},
+        **{f"sweep.{axis}": name for axis, name in spec.labels},  # the sweep cases it is in
         **metrics,
         "wall_time": wall / size,
         "group_size": size,

@@ -50,6 +50,7 @@ class RunSpec:
     seed: int
     n_main: int
     cfg: ComparisonConfig = field(compare=False, repr=False)
+    labels: tuple[tuple[str, str], ...] = field(default=(), compare=False)  # sweep case names
 
 
 def runs_of(cfg: ComparisonConfig) -> list[RunSpec]:

@@ -27,6 +27,7 @@ from mtl_lab.plots import n_main_axis
 from mtl_lab.regime_specs import REGIME_SPECS, colour_of, label_of
 from mtl_lab.tables import (
     METRIC,
+    RELATIVE_SUFFIX,
     Series,
     finite_rows,
     fmt,
@@ -41,6 +42,7 @@ from mtl_lab.tables import (
     sorted_values,
     swept_columns,
     variant_columns,
+    with_relative_to_stl,
 )
 
 SPARSITY_NAMES = ("k_main", "m_main")
@@ -127,7 +129,11 @@ def _loss_axis(ax, metric: str) -> None:
     """A log-scaled loss axis with grid."""
     ax.set_yscale("log")
     ax.grid(True, which="both", alpha=0.3)
-    ax.set_ylabel(f"{metric.replace('_', ' ')} (MSE)")
+    if metric.endswith(RELATIVE_SUFFIX):
+        base = metric.removesuffix(RELATIVE_SUFFIX).replace("_", " ")
+        ax.set_ylabel(f"{base} / STL's at the smallest n_main")
+    else:
+        ax.set_ylabel(f"{metric.replace('_', ' ')} (MSE)")
 
 
 def _save(fig, path: str | Path) -> Path:
@@ -340,7 +346,7 @@ def write_report(results: pd.DataFrame, out_dir: str | Path, title: str = "Sweep
     figures.mkdir(parents=True, exist_ok=True)
     axes = swept_columns(results)
     facet = choose_facet(axes)
-    items = [_loss_item(results, facet, figures)]
+    items = [_loss_item(results, facet, figures), _relative_item(results, facet, figures)]
     items += _ratio_items(results, facet, figures)
     items.append(_sparsity_item(results, axes, facet, figures))
     data = finite_rows(results)
@@ -373,6 +379,18 @@ def _loss_item(results: pd.DataFrame, facet: str | None, figures: Path) -> Item:
     return Item("Main-task test loss vs n_main (log–log), mean ± s.e.m. over seeds"
                 + (f", one panel per {_name(facet)}." if facet else ".") + _FLAGS_CAPTION
                 + _averaged(swept_columns(data), shown), "figures/loss_vs_n.png")
+
+
+def _relative_item(results: pd.DataFrame, facet: str | None, figures: Path) -> Item:
+    """Figure 1b: the loss divided by STL's at the smallest n_main (the paper's normalisation)."""
+    relative = with_relative_to_stl(results)
+    column = f"{METRIC}{RELATIVE_SUFFIX}"
+    if finite_rows(relative, column).empty:
+        return Item("Loss relative to STL skipped: no STL run with a finite test loss.")
+    loss_vs_n(relative, facet, figures / "loss_relative_to_stl.png", metric=column)
+    return Item("Main-task test loss divided by STL's mean test loss at the smallest n_main of the "
+                "same setting (the paper's normalisation), mean ± s.e.m. over seeds."
+                + _FLAGS_CAPTION, "figures/loss_relative_to_stl.png")
 
 
 def _ratio_items(results: pd.DataFrame, facet: str | None, figures: Path) -> list[Item]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -53,12 +53,19 @@ class SweepPlan:
 def plan_sweep(path: str | Path) -> SweepPlan:
     """Validate and expand a sweep file into runs and groups (no compute)."""
     spec, points = load_sweep(path)
-    seen, runs = set(), []
+    order: list[str] = []
+    found: dict[str, RunSpec] = {}
+    names: dict[str, dict[str, set[str]]] = {}  # run → override axis → case names
     for point in points:
         for run in runs_of(point.cfg):
-            if run.run_id not in seen:
-                seen.add(run.run_id)
-                runs.append(run)
+            if run.run_id not in found:
+                order.append(run.run_id)
+                found[run.run_id] = run
+            for axis, name in point.labels.items():
+                names.setdefault(run.run_id, {}).setdefault(axis, set()).add(name)
+    runs = [replace(found[r], labels=tuple(sorted(
+        (axis, "|".join(sorted(cases))) for axis, cases in names.get(r, {}).items())))
+            for r in order]
     return SweepPlan(spec, points, runs, group_runs(runs))
 
 

@@ -9,7 +9,7 @@ axes:                              # a product over any config keys
 zip:                               # keys that vary together (equal lengths), crossed with axes
   - finetune.rescale: [1.0, 0.1]
     finetune.head_init_scale: [1.0e-3, 1.0e-2]
-overrides:                         # per-axis overrides: a value of an axis may be a mapping
+overrides:                         # per-axis overrides: named cases (a list works too)
   setting:
     - {regimes: [stl, mtl]}
     - {regimes: [ptft], finetune.rescale: 0.01}
@@ -22,7 +22,7 @@ the sweep file, the point and the key.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,8 @@ class SweepSpec(Strict):
     base: str | dict[str, Any]
     axes: dict[str, list[Any]] = Field(default_factory=dict)
     zip: list[dict[str, list[Any]]] = Field(default_factory=list)
-    overrides: dict[str, list[dict[str, Any]]] = Field(default_factory=dict)
+    overrides: dict[str, list[dict[str, Any]] | dict[str, dict[str, Any]]] = Field(
+        default_factory=dict)
 
     @field_validator("axes", "overrides")
     @classmethod
@@ -74,15 +75,21 @@ class SweepPoint:
 
     settings: dict[str, Any]
     cfg: ComparisonConfig
+    labels: dict[str, str] = field(default_factory=dict)  # override axis → the case's name
 
 
-def _dimensions(spec: SweepSpec) -> list[list[dict[str, Any]]]:
-    """Each dimension is a list of alternative settings (key → value mappings)."""
-    dims = [[{key: value} for value in values] for key, values in spec.axes.items()]
+def _dimensions(spec: SweepSpec) -> list[list[tuple[dict[str, str], dict[str, Any]]]]:
+    """Each dimension is a list of alternatives: (labels, settings). An override case is
+    labelled by its name (``overrides: {case: {shared: {...}, disjoint: {...}}}``) or, in the
+    list form, by its settings; the labels reach every run's results row as ``sweep.<axis>``."""
+    dims = [[({}, {key: value}) for value in values] for key, values in spec.axes.items()]
     for group in spec.zip:
         n = len(next(iter(group.values())))
-        dims.append([{key: values[i] for key, values in group.items()} for i in range(n)])
-    dims += [list(values) for values in spec.overrides.values()]
+        dims.append([({}, {key: values[i] for key, values in group.items()}) for i in range(n)])
+    for axis, cases in spec.overrides.items():
+        named = cases.items() if isinstance(cases, dict) else (
+            (_describe(case), case) for case in cases)
+        dims.append([({axis: str(name)}, dict(case)) for name, case in named])
     return dims
 
 
@@ -102,14 +109,16 @@ def expand(spec: SweepSpec, source: str = "<sweep>", root: Path | None = None
     points = []
     for combo in itertools.product(*_dimensions(spec)):
         settings: dict[str, Any] = {}
-        for part in combo:
+        labels: dict[str, str] = {}
+        for part_labels, part in combo:
             settings.update(part)
+            labels.update(part_labels)
         raw = _deepcopy(base)
         for key, value in settings.items():
             set_path(raw, key, value)
         raw["name"] = spec.name
         label = f"{source} point {len(points)} ({_describe(settings)})"
-        points.append(SweepPoint(settings, validate_config(raw, label)))
+        points.append(SweepPoint(settings, validate_config(raw, label), labels))
     return points
 
 
