@@ -125,9 +125,9 @@ def reproduction(device: str, tmp: Path) -> dict[str, bool]:
 
 def diagonal_spec(quick: bool, device: str) -> dict:
     if quick:
-        spec = sweep_spec(10_000, [16, 64, 256], [0], 0.05)
+        spec = sweep_spec(10_000, [16, 64, 256], [0], 0.1, 0.5)
     else:
-        spec = sweep_spec(100_000, [16, 32, 64, 128, 256, 512], [0, 1], 0.05)
+        spec = sweep_spec(100_000, [16, 32, 64, 128, 256, 512], [0, 1], 0.1, 0.5)
     spec["base"]["trainer"] = {"accelerator": device}
     return spec
 

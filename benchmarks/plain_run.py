@@ -1,7 +1,8 @@
 """One run of the paper's diagonal-network sweep as a plain PyTorch script (one process per run,
 as the paper's SLURM arrays did): the baseline that ``sweep_figure.py`` times.
 
-python benchmarks/plain_run.py REGIME OVERLAP N_MAIN SEED BUDGET THRESHOLD LR
+python benchmarks/plain_run.py REGIME OVERLAP N_MAIN SEED BUDGET THRESHOLD LR [PT_LR [PT_BUDGET]]
+  (pretraining uses PT_LR and PT_BUDGET, by default LR and BUDGET)
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ def main() -> None:
     regime, overlap, n_main, seed, budget, threshold, lr = sys.argv[1:8]
     overlap, n_main, seed, budget = int(overlap), int(n_main), int(seed), int(budget)
     threshold, lr = float(threshold), float(lr)
+    pt_lr = float(sys.argv[8]) if len(sys.argv) > 8 else lr
+    pt_budget = int(float(sys.argv[9])) if len(sys.argv) > 9 else budget
     params = {"d": D, "k_aux": K_AUX, "k_main": K_MAIN, "overlap": overlap, "n_aux": N_AUX,
               "n_main": n_main, "n_test": N_TEST}
     dd = tasks.build_task("sparse_linear", params, seed).with_format("torch")
@@ -62,7 +65,8 @@ def main() -> None:
 
         gd(w + heads["aux"] + heads["main"], joint, budget, threshold, lr)
     else:
-        gd(w + heads["aux"], lambda: ((f(xa, "aux") - ya) ** 2).mean(), budget, threshold, lr)
+        gd(w + heads["aux"], lambda: ((f(xa, "aux") - ya) ** 2).mean(), pt_budget, threshold,
+           pt_lr)
         with torch.no_grad():
             for v in heads["main"]:
                 v.fill_(GAMMA)

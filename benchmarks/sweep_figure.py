@@ -4,7 +4,9 @@ one-process-per-run plain PyTorch loops, measured in one run.
 ``--family diagonal`` (default), Lippl & Lindsey's shared-vs-disjoint figure:
 Sweep: d = 1000, k_aux = k_main = 40, n_aux = 1024, overlap ∈ {0, 20, 30, 40},
 n_main ∈ {16, …, 512}, regimes STL / MTL / PT+FT / PT+LP, 2 seeds, α = γ = 1e-3, budget 1e5
-steps, threshold 1e-10. The plain estimate times a sample of the same runs, each in a fresh
+steps, threshold 1e-10, the paper's learning rates (0.5 pretraining, 0.1 finetuning; the
+pretraining budget can be raised to the paper's 1e6 with --pretrain-steps). The plain estimate
+times a sample of the same runs, each in a fresh
 process (benchmarks/plain_run.py), and scales it to the sweep's run count per regime.
 Targets: the lab ≥ 10× faster than the estimate, and the full sweep under 30 minutes on 2 cores.
 
@@ -38,7 +40,11 @@ HERE = Path(__file__).resolve().parent
 REGIMES = ["stl", "mtl", "ptft", "ptlp"]
 
 
-def sweep_spec(budget: int, n_main: list[int], seeds: list[int], lr: float) -> dict:
+def sweep_spec(budget: int, n_main: list[int], seeds: list[int], lr: float,
+               pt_lr: float | None = None, pt_budget: int | None = None) -> dict:
+    """The diagonal sweep; pretraining at ``pt_lr`` for ``pt_budget`` steps (default: as
+    finetuning)."""
+    pretraining = {"lr": pt_lr or lr, "max_steps": pt_budget or budget}
     return {
         "name": "paper-diagonal",
         "base": {
@@ -49,6 +55,7 @@ def sweep_spec(budget: int, n_main: list[int], seeds: list[int], lr: float) -> d
             "model": {"kind": "diagonal", "alpha": 1e-3},
             "training": {"lr": lr, "max_steps": budget, "loss_threshold": 1e-10,
                          "steps_per_call": 2000},
+            "pretraining": pretraining,
             "finetune": {"head_init_scale": 1e-3},
             "logging": {"progress": False, "monitors": False},
         },
@@ -111,11 +118,11 @@ def relu_main(args) -> None:
 
 
 def plain_seconds(regime: str, overlap: int, n_main: int, seed: int, budget: int,
-                  lr: float) -> float:
+                  lr: float, pt_lr: float, pt_budget: int) -> float:
     t0 = time.perf_counter()
     subprocess.run([sys.executable, str(HERE / "plain_run.py"), regime, str(overlap),
-                    str(n_main), str(seed), str(budget), "1e-10", str(lr)], check=True,
-                   capture_output=True)
+                    str(n_main), str(seed), str(budget), "1e-10", str(lr), str(pt_lr),
+                    str(pt_budget)], check=True, capture_output=True)
     return time.perf_counter() - t0
 
 
@@ -124,7 +131,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--executor", default="local", choices=["local", "ray"])
     parser.add_argument("--jobs", type=int, default=1)
-    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--lr", type=float, default=0.1, help="finetuning lr (paper: 0.1)")
+    parser.add_argument("--pretrain-lr", type=float, default=0.5, help="paper: 0.5")
+    parser.add_argument("--pretrain-steps", type=float, default=None,
+                        help="pretraining budget (default: the finetuning budget; paper: 1e6)")
     parser.add_argument("--family", default="diagonal", choices=["diagonal", "relu"])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = parser.parse_args()
@@ -138,7 +148,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "sweep.yaml"
-        path.write_text(yaml.safe_dump(sweep_spec(budget, n_main, seeds, args.lr)))
+        pt_budget = int(args.pretrain_steps or budget)
+        path.write_text(yaml.safe_dump(sweep_spec(budget, n_main, seeds, args.lr,
+                                                  args.pretrain_lr, pt_budget)))
         plan = plan_sweep(path)
         print(f"machine: {platform.machine()}; {plan.describe()}", flush=True)
         t0 = time.perf_counter()
@@ -148,7 +160,8 @@ def main() -> None:
         per_regime = results.groupby("regime").size().to_dict()
         # the plain baseline on a sample of the same runs: per regime, the two corners
         corners = [(0, min(n_main)), (40, max(n_main))]
-        sample = {r: sum(plain_seconds(r, o, n, 0, budget, args.lr) for o, n in corners) / 2
+        sample = {r: sum(plain_seconds(r, o, n, 0, budget, args.lr, args.pretrain_lr,
+                                       pt_budget) for o, n in corners) / 2
                   for r in REGIMES}
     estimate = sum(sample[r] * per_regime.get(r, 0) for r in REGIMES)
     how = "ray" if args.executor == "ray" else f"local, {args.jobs} job(s)"
