@@ -27,12 +27,19 @@ all. Estimates: ``--limit-s`` (default 540) bounds the whole script; each paper 
 deadline (60 % of the time left for the diagonal one, the rest for the ReLU one), keeping its
 finished groups, so the script ends inside a 10-minute command even if they are wrong.
 
+``--sweep FILE`` (repeatable) replaces part 2's two sweeps with sweep files (the experiment
+library's, say), each run on the device as written except for ``--seeds N`` (keep the first N
+seeds, to fit a device budget), no progress bars or monitors; the time left is shared equally
+among the files still to run. ``--out DIR`` keeps each sweep's ``results.parquet`` (as
+``<name>.parquet``) and ``config.yaml`` there.
+
 ``--device cpu`` rehearses it all on a CPU (~2 min on 2 cores): part 1 compares
 ``trainer.accelerator: cpu`` with ``auto`` (the CPU here, under other run ids), part 2 runs the
 quick sweeps (diagonal: budget 1e4, n_main 16, 64, 256, one seed, 48 runs; ReLU:
 ``relu_sweep_spec(quick=True)``, 18 runs).
 
 python benchmarks/gpu_check.py [--device cuda|cpu] [--jobs N] [--quick] [--limit-s S]
+                               [--sweep FILE ... [--seeds N]] [--out DIR]
 """
 
 from __future__ import annotations
@@ -51,7 +58,7 @@ import yaml
 
 from mtl_lab.interrupts import Interrupted
 from mtl_lab.reproduce import compare_results
-from mtl_lab.results import read_results
+from mtl_lab.results import read_results, uniform_columns
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -145,6 +152,20 @@ def relu_spec(quick: bool, device: str) -> dict:
     return spec
 
 
+def file_spec(path: Path, device: str, seeds: int | None) -> dict:
+    """A sweep file as run by part 2: on ``device``, quiet, optionally fewer seeds."""
+    spec = yaml.safe_load(Path(path).read_text())
+    base = spec["base"]
+    base["trainer"] = {**base.get("trainer", {}), "accelerator": device}
+    base["logging"] = {**base.get("logging", {}), "progress": False, "monitors": False}
+    if seeds is not None:
+        if seeds < 1:
+            raise SystemExit(f"--seeds must be >= 1, got {seeds}")
+        base["seeds"] = list(base["seeds"])[:seeds]
+        spec["name"] = f"{spec['name']}-{seeds}seeds"
+    return spec
+
+
 class _Deadline:
     """Raise Interrupted(SIGALRM) in the main thread after ``seconds`` (the executor then stops
     its workers and keeps every finished group)."""
@@ -167,7 +188,7 @@ class _Deadline:
 
 
 def paper_sweep(label: str, spec: dict, jobs: int, device: str, tmp: Path, deadline: float,
-                progress: bool) -> float:
+                progress: bool, out: Path | None = None) -> float:
     """Part 2: one paper sweep's wall time on ``device``; returns the seconds it took."""
     from mtl_lab.sweeps.run import plan_sweep, run_sweep
 
@@ -184,6 +205,10 @@ def paper_sweep(label: str, spec: dict, jobs: int, device: str, tmp: Path, deadl
         results = read_results(tmp / label)
     wall = clock(device) - t0
     runs = len(results)
+    if out is not None and runs:
+        out.mkdir(parents=True, exist_ok=True)
+        uniform_columns(results).to_parquet(out / f"{label}.parquet")
+        (out / f"{label}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     if not runs:
         print(f"{label}: no run finished in {wall:.0f} s (deadline {deadline:.0f} s)", flush=True)
         return wall
@@ -211,10 +236,21 @@ def main() -> int:
     parser.add_argument("--limit-s", type=float, default=540.0,
                         help="the whole script's time limit (paper sweeps stop at deadlines)")
     parser.add_argument("--progress", action="store_true", help="progress bars for part 2")
+    parser.add_argument("--sweep", action="append", type=Path, default=[],
+                        help="a sweep file for part 2 instead of the built-in sweeps (repeatable)")
+    parser.add_argument("--seeds", type=int, default=None,
+                        help="with --sweep: keep only the first N seeds of each file")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="keep each part-2 sweep's results here (<name>.parquet)")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device here; rehearse with --device cpu")
     quick = args.quick or args.device == "cpu"
+    for path in args.sweep:
+        if not path.is_file():
+            raise SystemExit(f"--sweep {path}: no such file")
+    if args.seeds is not None and not args.sweep:
+        raise SystemExit("--seeds applies to --sweep files only")
     jobs = args.jobs or (4 if args.device == "cuda" else 2)
     name = (torch.cuda.get_device_name() if args.device == "cuda"
             else platform.processor() or platform.machine())
@@ -227,12 +263,18 @@ def main() -> int:
         t0 = clock(args.device)
         passed = reproduction(args.device, Path(tmp))
         print(f"part 1: {clock(args.device) - t0:.0f} s", flush=True)
-        left = args.limit_s - (time.perf_counter() - start)
-        paper_sweep("paper-diagonal", diagonal_spec(quick, args.device), jobs, args.device,
-                    Path(tmp), 0.6 * left, args.progress)
-        left = args.limit_s - (time.perf_counter() - start)
-        paper_sweep("paper-relu", relu_spec(quick, args.device), jobs, args.device, Path(tmp),
-                    left, args.progress)
+        if args.sweep:
+            sweeps = [(path.name.removesuffix(".yaml"), file_spec(path, args.device, args.seeds))
+                      for path in args.sweep]
+            shares = [1 / (len(sweeps) - i) for i in range(len(sweeps))]
+        else:
+            sweeps = [("paper-diagonal", diagonal_spec(quick, args.device)),
+                      ("paper-relu", relu_spec(quick, args.device))]
+            shares = [0.6, 1.0]
+        for (label, spec), share in zip(sweeps, shares, strict=True):
+            left = args.limit_s - (time.perf_counter() - start)
+            paper_sweep(label, spec, jobs, args.device, Path(tmp), share * left, args.progress,
+                        args.out)
     verdicts = ", ".join(f"{kind} {'PASS' if ok else 'FAIL'}" for kind, ok in passed.items())
     ok = all(passed.values())
     print(f"verdicts: {verdicts}; total {(time.perf_counter() - start) / 60:.1f} min; "

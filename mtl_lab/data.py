@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import datasets
 import torch
 from torch import Tensor
 
 from mtl_lab.engine.objective import LossTerm
+
+if TYPE_CHECKING:  # the engine path never imports datasets (slow, and absent on some GPU images)
+    import datasets
 
 SPLIT_NAMES = ("aux_train", "main_train", "aux_test", "main_test")
 

@@ -33,9 +33,30 @@ def read_results(out_dir: str | Path) -> pd.DataFrame:
                           "afresh (nothing was overwritten)") from err
 
 
+def uniform_columns(table: pd.DataFrame) -> pd.DataFrame:
+    """The table with every column of one type: where a config value is a list in some rows
+    (stored as its string, ``'[0.9, 0.0]'``) and a number in others (a sweep over correlation
+    patterns), the numbers become strings too, as Parquet holds one type per column.
+
+    >>> t = uniform_columns(pd.DataFrame({"c": [1.0, "[0.9, 0.0]"], "n": [1, 2]}))
+    >>> t["c"].tolist(), t["n"].tolist()
+    (['1.0', '[0.9, 0.0]'], [1, 2])
+    """
+    mixed = {}
+    for name in table.select_dtypes(include="object").columns:
+        values = table[name].dropna()
+        is_str = values.map(lambda v: isinstance(v, str))
+        if is_str.any() and not is_str.all():
+            mixed[name] = table[name].map(lambda v: v if v is None or isinstance(v, str)
+                                          or (isinstance(v, float) and v != v) else str(v))
+    return table.assign(**mixed) if mixed else table
+
+
 def write_results(out_dir: str | Path, table: pd.DataFrame) -> None:
     """Atomic write: a killed process never leaves a half-written results file. The file gets
-    the same permissions as every other file the lab writes (the umask's, not mkstemp's 0600)."""
+    the same permissions as every other file the lab writes (the umask's, not mkstemp's 0600).
+    Columns are made uniform first (:func:`uniform_columns`)."""
+    table = uniform_columns(table)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = str(out_dir / f".results.{os.getpid()}.{uuid.uuid4().hex[:8]}.parquet")

@@ -37,7 +37,7 @@ from mtl_lab.data import TaskTensors
 from mtl_lab.interrupts import as_interrupted
 from mtl_lab.progress import tqdm
 from mtl_lab.regime_specs import REGIME_SPECS
-from mtl_lab.results import RESULTS_FILE, read_results, write_results
+from mtl_lab.results import RESULTS_FILE, read_results, uniform_columns, write_results
 from mtl_lab.sweeps.plan import RunSpec, group_runs, run_config
 
 EXECUTORS = ("local", "ray")
@@ -179,7 +179,7 @@ def execute(runs: Sequence[RunSpec], out_dir: str | Path, executor: str = "local
         raise stop from (None if stop is err else err)
     finally:
         bar.close()
-    everything = pd.concat(table, ignore_index=True)
+    everything = uniform_columns(pd.concat(table, ignore_index=True))  # as stored
     ids = {r.run_id for r in runs}
     return everything[everything["run_id"].isin(ids)].reset_index(drop=True)
 
