@@ -11,6 +11,7 @@ from torch import nn
 from mtl_lab.analysis.layers import capture, compare_layers, layer_rows
 from mtl_lab.analysis.representation import linear_cka, participation_ratio
 from mtl_lab.models.resnet import ResNetTrunk
+from mtl_lab.models.vit import ViTTrunk
 from mtl_lab.modules import FinetuneModule, MultiTaskModule, TaskSpec
 
 
@@ -137,3 +138,36 @@ def test_layer_rows_are_flat_results_columns():
     assert set(rows) == {"layer.pool.pr_a", "layer.pool.pr_b", "layer.pool.ensd",
                          "layer.pool.cka"}
     assert all(isinstance(v, float) for v in rows.values())
+
+
+def test_vit_size_follows_its_layout():
+    """Parameters counted from the layout: per block attention 4D² + 4D, MLP 8D² + 5D, two
+    LayerNorms 4D; patch embedding C·p²·D + D, class token D, positions (T+1)·D, final norm 2D."""
+    d, depth, c, p, side = 192, 6, 3, 4, 32
+    tokens = (side // p) ** 2 + 1
+    block = 4 * d * d + 4 * d + 8 * d * d + 5 * d + 4 * d
+    expected = depth * block + (c * p * p * d + d) + d + tokens * d + 2 * d
+    trunk = ViTTrunk()
+    assert sum(q.numel() for q in trunk.parameters()) == expected
+    assert trunk.layer_names()[:2] == ["embed", "blocks.0"] and trunk.feature_dim == d
+
+
+def test_vit_is_seeded_and_checks_its_inputs():
+    a, b = ViTTrunk(image_size=8, patch=4, dim=8, depth=1, heads=2, seed=3), \
+        ViTTrunk(image_size=8, patch=4, dim=8, depth=1, heads=2, seed=3)
+    x = torch.randn(2, 3, 8, 8)
+    assert torch.equal(a(x), b(x))
+    with pytest.raises(ValueError, match="not a multiple of patch"):
+        ViTTrunk(image_size=10, patch=4)
+    with pytest.raises(ValueError, match="not a multiple of heads"):
+        ViTTrunk(dim=10, heads=3)
+    with pytest.raises(ValueError, match=r"images \(n, C, 8, 8\)"):
+        a(torch.randn(2, 3, 16, 16))
+
+
+def test_compare_layers_reads_token_sequences_per_token_average():
+    vit = ViTTrunk(in_channels=1, image_size=8, patch=4, dim=8, depth=2, heads=2)
+    out = compare_layers(vit, vit, [torch.randn(20, 1, 8, 8)], vit.layer_names())
+    for m in out.values():
+        torch.testing.assert_close(m["cka"], torch.tensor(1.0, dtype=torch.float64))
+        assert 1.0 <= float(m["pr_a"]) <= 8.0  # at most dim = 8 features per layer

@@ -10,7 +10,8 @@ over the same inputs — in the paper, the main task's test images — this comp
 
 The features of a layer are its output, flattened per sample; a convolutional output
 ``(n, C, H, W)`` is first averaged over its spatial positions (``(n, C)``: one feature per
-channel, as the pooled features of a ResNet are), which keeps ``C`` small enough to accumulate.
+channel, as the pooled features of a ResNet are) and a token sequence ``(n, T, D)`` over its
+tokens (``(n, D)``), which keeps the feature count small enough to accumulate second moments.
 Every measure is a :mod:`torchmetrics` Metric of :mod:`mtl_lab.analysis.representation`, updated
 batch by batch, so a dataset never has to fit in memory and the result equals the full-batch
 value up to float64 round-off.
@@ -37,12 +38,15 @@ MEASURES = ("pr_a", "pr_b", "ensd", "cka")
 
 
 def layer_features(output: Tensor | tuple) -> Tensor:
-    """A layer's output as ``(n, p)`` features: spatial maps averaged, the rest flattened."""
+    """A layer's output as ``(n, p)`` features: spatial maps and token sequences averaged over
+    positions, the rest flattened."""
     if isinstance(output, tuple | list):
         output = output[0]
     out = output.detach()
     if out.dim() == 4:  # (n, C, H, W) → (n, C)
         out = out.mean(dim=(2, 3))
+    elif out.dim() == 3:  # (n, T, D) → (n, D)
+        out = out.mean(dim=1)
     return out.flatten(1).double()
 
 
