@@ -195,3 +195,21 @@ def test_report_logs_its_figures_and_table_to_wandb(tmp_path):
         figures = list((tmp_path / folder / "report" / "figures").glob("*.png"))
         assert figures and all(f"figures/{png.stem}/_type" in logged for png in figures)
         assert "results/_type" in logged
+
+
+def test_a_sweep_mixing_scalar_and_list_settings_stores_its_results(tmp_path):
+    """Correlation patterns (relu_shared): one case sets a number, another a list per unit. The
+    results table holds both (Parquet takes one type per column), survives a resumed run, and
+    each row keeps the case it belongs to."""
+    base = tiny_raw(**{"training.max_steps": 100, "regimes": ["stl"], "n_main": [8]})
+    path = _sweep_file(tmp_path, base=base, overrides={"pattern": {
+        "all_1": {"task.params.correlation": 1.0},
+        "mixed": {"task.params.correlation": [1.0, 0.0]}}})
+    rows = run_sweep(path, tmp_path / "out", progress=False)
+    assert sorted(rows["sweep.pattern"]) == ["all_1", "mixed"]
+    stored = pd.read_parquet(tmp_path / "out" / "results.parquet")
+    by_case = dict(zip(stored["sweep.pattern"], stored["config.task.params.correlation"],
+                       strict=True))
+    assert by_case == {"all_1": "1.0", "mixed": "[1.0, 0.0]"}
+    again = run_sweep(path, tmp_path / "out", progress=False)  # resumes: nothing retrained
+    assert len(again) == 2 and set(again["run_id"]) == set(rows["run_id"])
