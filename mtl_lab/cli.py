@@ -97,7 +97,7 @@ def _cmd_results(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from mtl_lab.sweeps.report import write_report
+    from mtl_lab.sweeps.report import THEORY_FILE, write_report
     from mtl_lab.sweeps.run import folder_logging, results_table
 
     table = results_table(args.folder)
@@ -107,8 +107,15 @@ def _cmd_report(args: argparse.Namespace) -> int:
     if args.wandb:
         wandb["enabled"] = True
     path = write_report(table, Path(args.folder), title=args.title or Path(args.folder).name,
-                        wandb=wandb)
+                        wandb=wandb, theory=args.theory)
     print(f"report: {path}" + ("; figures logged to wandb" if wandb.get("enabled") else ""))
+    if args.theory:
+        import pandas as pd
+
+        theory = pd.read_csv(path.parent / THEORY_FILE)
+        covered = int(theory["theory_test_loss_main"].notna().sum())
+        print(f"theory: {covered} of {len(theory)} runs predicted ({path.parent / THEORY_FILE}; "
+              "the page says which runs the theory does not cover)")
     return 0
 
 
@@ -165,6 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--wandb", action="store_true",
                      help="also log the figures and table to wandb (offline unless the sweep's "
                           "logging.wandb.mode says online); on by default when the sweep logged")
+    rep.add_argument("--theory", action="store_true",
+                     help="add the implicit-bias theory's predicted test loss of diagonal runs "
+                          "(STL, PT+FT, MTL; mtl_lab.theory) as a column, a table and dashed "
+                          "lines in the loss-vs-n figure")
     rep.set_defaults(func=_cmd_report)
     fam = sub.add_parser("families", help="list the registered task families")
     fam.set_defaults(func=_cmd_families)

@@ -28,11 +28,13 @@ LAYERS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "measures": (("mtl_lab.analysis.features", "mtl_lab.analysis.representation",
                   "mtl_lab.analysis.symmetry", "mtl_lab.analysis.weights",
                   "mtl_lab.analysis.penalties", "mtl_lab.analysis.callbacks",
-                  "mtl_lab.analysis.summary"), ("models",)),
+                  "mtl_lab.analysis.summary", "mtl_lab.analysis.layers"), ("models",)),
+    "theory": (("mtl_lab.theory",), ("measures",)),  # the penalties' minimisers (SCIENCE.md §4)
     "results": (("mtl_lab.results", "mtl_lab.flags", "mtl_lab.tables", "mtl_lab.plots",
                  "mtl_lab.tracking", "mtl_lab.reproduce"), ("core",)),
     "execution": (("mtl_lab.sweeps", "mtl_lab.comparison"), ("regimes", "measures", "results")),
-    "reports": (("mtl_lab.analysis", "mtl_lab.sweeps.report"), ("regimes", "measures", "results")),
+    "reports": (("mtl_lab.analysis", "mtl_lab.sweeps.report", "mtl_lab.sweeps.deep_figures"),
+                ("regimes", "measures", "results", "theory")),
     "interface": (("mtl_lab", "mtl_lab.cli"), ("execution", "reports")),
 }
 EXACT_ONLY = {"mtl_lab"}  # the package's own __init__ (a façade), not everything under it

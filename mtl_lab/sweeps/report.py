@@ -10,6 +10,12 @@ PT+FT rescale factor c, which either repeat one value or leave it empty) is trea
 of that column: its rows count at every value of it (as a reference line, or as the denominator
 of a ratio map). PT+FT / PT+LP rows that differ in a ``config.finetune.*`` value are drawn as
 separate lines ("PT+FT (c=0.1)") rather than averaged together.
+
+Theory. With ``theory=True`` (``mtl-lab report --theory``) every run the implicit-bias theory
+covers (diagonal networks in STL, PT+FT and MTL: :mod:`mtl_lab.theory.predict`) gets a
+``theory_test_loss_main`` column, the loss-vs-n figure draws the theory's mean as a dashed line
+per regime, the page gets a table of trained against predicted losses and a note naming what the
+theory does not cover, and ``report/theory.csv`` keeps the numbers per run.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from mtl_lab.tables import (
     finite_rows,
     fmt,
     marked_table,
+    mean_table,
     regime_order,
     select,
     select_where,
@@ -170,17 +177,22 @@ def _pick(values: list, k: int = MAX_PANELS) -> list:
 
 
 def loss_vs_n(results: pd.DataFrame, facet: str | None, path: str | Path,
-              metric: str = METRIC) -> Path:
-    """Log–log test loss vs n_main per regime (mean ± s.e.m. over seeds), a panel per facet."""
+              metric: str = METRIC, theory: str | None = None) -> Path:
+    """Log–log test loss vs n_main per regime (mean ± s.e.m. over seeds), a panel per facet;
+    with ``theory`` (a column of predicted losses), each line's mean prediction dashed beside
+    it."""
     plt = _pyplot()
     data = finite_rows(results, metric)
     panels = sorted_values(data[facet]) if facet else [None]
     lines = series(data, exclude={facet})
+    predicted = finite_rows(results, theory) if theory else None
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels) + 0.6, 3.8),
                              sharey=True, squeeze=False)
     for ax, value in zip(axes[0], panels):
         _draw_lines(ax, select(data, facet, value), "n_main", lines, metric,
                     select(results, facet, value))
+        if predicted is not None:
+            _draw_theory(ax, select(predicted, facet, value), "n_main", lines, theory)
         n_main_axis(ax, data["n_main"])
         _loss_axis(ax, metric)
         ax.set_title(f"{short(facet)} = {fmt(value)}" if facet else "all runs")
@@ -189,6 +201,20 @@ def loss_vs_n(results: pd.DataFrame, facet: str | None, path: str | Path,
     _legend(fig, axes, results)
     fig.tight_layout()
     return _save(fig, path)
+
+
+THEORY_DASHES = (0, (5, 3))
+
+
+def _draw_theory(ax, data: pd.DataFrame, x: str, lines: list[Series], column: str) -> None:
+    """The mean over seeds of the predicted loss ``column`` of every line, dashed, no markers."""
+    for line in lines:
+        rows = series_rows(data, line)
+        if rows.empty:
+            continue
+        stats = _seed_stats(rows, x, column)
+        ax.plot(stats.index, stats["mean"], color=_style(line)["color"],
+                linestyle=THEORY_DASHES, linewidth=1.4, label=f"{line.label}: theory")
 
 
 def relative_map(results: pd.DataFrame, numerator: str = "ptft", denominator: str = "mtl", *,
@@ -334,24 +360,36 @@ def sparsity_column(axes: list[str]) -> str | None:
 
 
 def write_report(results: pd.DataFrame, out_dir: str | Path, title: str = "Sweep report",
-                 wandb: dict | None = None) -> Path:
+                 wandb: dict | None = None, theory: bool = False) -> Path:
     """Write ``out_dir/report/figures/*.png`` and ``out_dir/report/index.html``; return the page.
 
     With ``wandb`` settings that are enabled (``{"enabled": True, "mode": "offline", ...}``, the
     ``logging.wandb`` section of a config), the figures and the results table also go to one
-    wandb run (job type 'report', grouped under ``title``).
+    wandb run (job type 'report', grouped under ``title``). With ``theory``, the implicit-bias
+    theory's predicted test loss joins the table, the loss-vs-n figure (dashed) and the page,
+    and ``report/theory.csv`` (module docstring); a table without diagonal runs raises
+    :class:`~mtl_lab.errors.InputError` before anything is written.
     """
+    section = ""
+    if theory:
+        from mtl_lab.theory.predict import COLUMN, predict_results
+
+        predictions = predict_results(results)
+        results = results.assign(**{COLUMN: predictions.values})
     root = Path(out_dir) / "report"
     figures = root / "figures"
     figures.mkdir(parents=True, exist_ok=True)
+    if theory:
+        section = _theory_section(results, predictions.notes, root)
     axes = swept_columns(results)
     facet = choose_facet(axes)
-    items = [_loss_item(results, facet, figures), _relative_item(results, facet, figures)]
+    items = [_loss_item(results, facet, figures, COLUMN if theory else None),
+             _relative_item(results, facet, figures)]
     items += _ratio_items(results, facet, figures)
     items.append(_sparsity_item(results, axes, facet, figures))
     data = finite_rows(results)
     page = root / "index.html"
-    page.write_text(_html(title, results, data, axes, items), encoding="utf-8")
+    page.write_text(_html(title, results, data, axes, items, section), encoding="utf-8")
     if wandb and wandb.get("enabled"):
         from mtl_lab.tracking import log_figures_run
 
@@ -363,22 +401,75 @@ def write_report(results: pd.DataFrame, out_dir: str | Path, title: str = "Sweep
     return page
 
 
+THEORY_FILE = "theory.csv"
+
+
+def theory_table(results: pd.DataFrame, column: str = "theory_test_loss_main",
+                 metric: str = METRIC) -> pd.DataFrame:
+    """Mean trained ``metric`` and mean predicted ``column`` over seeds, and their ratio, for
+    the rows with a prediction: rows as in :func:`mtl_lab.tables.mean_table`, columns
+    (regime line, ``trained`` / ``theory`` / ``theory / trained``)."""
+    values = pd.to_numeric(results[column], errors="coerce").to_numpy(dtype=float)
+    covered = results[np.isfinite(values)]
+    if covered.empty:
+        return pd.DataFrame()
+    trained, predicted = mean_table(covered, metric), mean_table(covered, column)
+    parts = {}
+    for label in trained.columns:
+        parts[(label, "trained")] = trained[label]
+        parts[(label, "theory")] = predicted[label]
+        parts[(label, "theory / trained")] = predicted[label] / trained[label]
+    return pd.DataFrame(parts)
+
+
+def _theory_section(results: pd.DataFrame, notes: list[str], root: Path) -> str:
+    """The page's theory section (and ``report/theory.csv``)."""
+    from mtl_lab.theory.predict import COLUMN
+
+    keep = [c for c in ("run_id", "regime", "seed", "n_main", METRIC, COLUMN) if c in results]
+    results[keep].to_csv(root / THEORY_FILE, index=False)
+    esc = html.escape
+    covered = int(np.isfinite(results[COLUMN].to_numpy(dtype=float)).sum())
+    regimes = regime_order(set(results.loc[results[COLUMN].notna(), "regime_label"]))
+    text = (f"<p>{covered} of {len(results)} runs have a theory prediction: the test loss of the "
+            "interpolating solution of least implicit penalty (SCIENCE.md §4) on the run's own "
+            "task data. STL and PT+FT are the exact gradient-flow limits of diagonal networks "
+            "(trained networks differ by the step size's discretisation, a few per cent of "
+            "their solution at step 0.05); MTL's ℓ1,2 norm is a heuristic that trained networks "
+            "need not follow (on the tests' problem trained MTL networks ended some 40 % "
+            "(relative) away from its minimiser). Per run: "
+            f"<code>report/{THEORY_FILE}</code>.</p>")
+    if notes:
+        text += ("<p class='note'>Not covered:</p><ul class='note'>"
+                 + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>")
+    table = theory_table(results, COLUMN)
+    shown = (table.map(lambda v: f"{v:.3e}" if np.isfinite(v) else "–").to_html(border=0)
+             if not table.empty else "<p>no run could be predicted</p>")
+    covered_note = f" ({', '.join(regimes)})" if regimes else ""
+    return (f"<h2>Theory vs trained{esc(covered_note)}</h2>" + text
+            + f"<p>Mean {esc(METRIC.replace('_', ' '))} over seeds, trained and predicted.</p>"
+            + shown)
+
+
 def _averaged(axes: list[str], shown: set) -> str:
     """Caption suffix naming the swept axes a figure averages over."""
     rest = [short(a) for a in axes if a not in shown]
     return f" Averaged over the other swept axes: {', '.join(rest)}." if rest else ""
 
 
-def _loss_item(results: pd.DataFrame, facet: str | None, figures: Path) -> Item:
-    """Figure 1: loss vs n_main."""
+def _loss_item(results: pd.DataFrame, facet: str | None, figures: Path,
+               theory: str | None = None) -> Item:
+    """Figure 1: loss vs n_main (with the theory's prediction dashed, if ``theory``)."""
     data = finite_rows(results)
     if data.empty:
         return Item("Loss vs n_main skipped: no run has a finite test loss.")
-    loss_vs_n(results, facet, figures / "loss_vs_n.png")
+    loss_vs_n(results, facet, figures / "loss_vs_n.png", theory=theory)
     shown = {facet, *variant_columns(data, {facet})}
+    dashed = (" Dashed: the implicit-bias theory's prediction for the same runs (mean over "
+              "seeds; see 'Theory vs trained').") if theory else ""
     return Item("Main-task test loss vs n_main (log–log), mean ± s.e.m. over seeds"
-                + (f", one panel per {_name(facet)}." if facet else ".") + _FLAGS_CAPTION
-                + _averaged(swept_columns(data), shown), "figures/loss_vs_n.png")
+                + (f", one panel per {_name(facet)}." if facet else ".") + dashed
+                + _FLAGS_CAPTION + _averaged(swept_columns(data), shown), "figures/loss_vs_n.png")
 
 
 def _relative_item(results: pd.DataFrame, facet: str | None, figures: Path) -> Item:
@@ -476,8 +567,9 @@ CSS = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1
 
 
 def _html(title: str, results: pd.DataFrame, data: pd.DataFrame, axes: list[str],
-          items: list[Item]) -> str:
-    """The report page (inline CSS, figures referenced relative to the page)."""
+          items: list[Item], section: str = "") -> str:
+    """The report page (inline CSS, figures referenced relative to the page); ``section``: extra
+    HTML after the table of means (the theory's)."""
     esc = html.escape
     axis_list = "".join(f"<li><code>{esc(a)}</code>: "
                         f"{esc(', '.join(fmt(v) for v in sorted_values(results[a])))}</li>"
@@ -488,7 +580,7 @@ def _html(title: str, results: pd.DataFrame, data: pd.DataFrame, axes: list[str]
     body = [f"<h1>{esc(title)}</h1>", "<h2>Swept axes</h2>", f"<ul>{axis_list}</ul>",
             "<h2>Runs</h2>", _counts(results, data),
             f"<h2>Mean {esc(METRIC.replace('_', ' '))} per swept setting × regime</h2>", table,
-            "<h2>Figures</h2>", *(_item_html(i) for i in items)]
+            section, "<h2>Figures</h2>", *(_item_html(i) for i in items)]
     return ("<!DOCTYPE html>\n<html><head><meta charset='utf-8'>"
             f"<title>{esc(title)}</title><style>{CSS}</style></head><body>\n"
             + "\n".join(body) + "\n</body></html>\n")
