@@ -28,7 +28,7 @@ from pydantic import (
 )
 
 from mtl_lab.errors import ConfigError
-from mtl_lab.regime_specs import REGIME_NAMES
+from mtl_lab.regime_specs import REGIME_NAMES, REGIME_SPECS
 
 Regime = Literal[REGIME_NAMES]  # the registry's names: an unknown regime lists the choices
 
@@ -55,20 +55,83 @@ class TaskConfig(Strict):
 
 
 class ModelConfig(Strict):
-    """Shared trunk + linear heads. ``relu``: He init × init_scale s; ``diagonal``: constant α."""
+    """Shared trunk + linear heads. ``relu``: He init × init_scale s; ``diagonal``: constant α;
+    ``resnet``, ``vit``: the deep trunks of :data:`DEEP_KINDS` on real images (``class_split``
+    tasks), shaped by ``trunk_args`` (the trunk class's constructor arguments, validated by
+    :data:`TRUNK_ARGS`; the seed is the run's)."""
 
-    kind: Literal["relu", "diagonal"] = "relu"
+    kind: Literal["relu", "diagonal", "resnet", "vit"] = "relu"
     width: PositiveInt = 1000
     depth: PositiveInt = 1
     bias: bool = False
     init_scale: PositiveFloat = 1e-3
     head_init_scale: PositiveFloat | None = None
     alpha: PositiveFloat = 1e-3
+    trunk_args: dict[str, Any] = Field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- deep trunks
+# Real-data runs (SCIENCE.md §3, "Real data"): a deep trunk on a class_split task, trained by the
+# Lightning modules (mtl_lab.modules.experiment) instead of the batched engine. The arguments of
+# each trunk class are mirrored here so that validating a config needs no torch; tests keep each
+# mirror equal to its class's constructor (names and defaults).
+
+DEEP_KINDS: dict[str, str] = {"resnet": "mtl_lab.models.resnet.ResNetTrunk",
+                              "vit": "mtl_lab.models.vit.ViTTrunk"}
+DEEP_FAMILIES = ("class_split",)
+ENGINE_ONLY_MODEL_KEYS = ("width", "depth", "bias", "init_scale", "alpha")
+# trunk arguments that come from the images when a config leaves them out: (C, H, W) index
+SHAPE_ARGS: dict[str, dict[str, int]] = {"resnet": {"in_channels": 0},
+                                         "vit": {"in_channels": 0, "image_size": 1}}
+
+
+class ResNetArgs(Strict):
+    """``mtl_lab.models.resnet.ResNetTrunk``'s arguments (``in_channels``: from the images when
+    left out)."""
+
+    in_channels: PositiveInt | None = None
+    widths: list[PositiveInt] = Field([64, 128, 256, 512], min_length=1)
+    blocks: list[PositiveInt] = Field([2, 2, 2, 2], min_length=1)
+    stem: Literal["cifar", "imagenet"] = "cifar"
+    zero_init_residual: bool = False
+
+    @model_validator(mode="after")
+    def _one_block_count_per_width(self) -> ResNetArgs:
+        if len(self.widths) != len(self.blocks):
+            raise ValueError(f"widths {self.widths} and blocks {self.blocks} need the same length "
+                             "(one entry per stage)")
+        return self
+
+
+class ViTArgs(Strict):
+    """``mtl_lab.models.vit.ViTTrunk``'s arguments (``in_channels`` and ``image_size``: from the
+    images when left out)."""
+
+    in_channels: PositiveInt | None = None
+    image_size: PositiveInt | None = None
+    patch: PositiveInt = 4
+    dim: PositiveInt = 192
+    depth: PositiveInt = 6
+    heads: PositiveInt = 3
+    mlp_ratio: PositiveFloat = 4.0
+
+    @model_validator(mode="after")
+    def _shapes_divide(self) -> ViTArgs:
+        if self.dim % self.heads:
+            raise ValueError(f"dim {self.dim} is not a multiple of heads {self.heads}")
+        if self.image_size is not None and self.image_size % self.patch:
+            raise ValueError(f"image_size {self.image_size} is not a multiple of patch "
+                             f"{self.patch}")
+        return self
+
+
+TRUNK_ARGS: dict[str, type[Strict]] = {"resnet": ResNetArgs, "vit": ViTArgs}
 
 
 class TrainingConfig(Strict):
     """``full_batch``: GD until loss < loss_threshold or max_steps, restart at lr/lr_backoff on
-    divergence; ``minibatch``: SGD (momentum) or Adam for ``epochs`` epochs."""
+    divergence; ``minibatch``: SGD (momentum) or Adam for ``epochs`` epochs (a deep trunk's fit
+    also stops at ``max_steps`` optimiser steps if that comes first)."""
 
     mode: Literal["full_batch", "minibatch"] = "full_batch"
     lr: PositiveFloat = 0.1
@@ -196,11 +259,24 @@ class TrainerConfig(Strict):
     ``mtl_lab.engine.threads``) or a whole number used as given. Thread counts do not change
     results, so they are not part of a run's identity. ``cuda_graphs``: on a CUDA device, replay
     captured blocks of GD steps instead of launching every kernel (``mtl_lab.engine.graphs``;
-    the same numbers, not part of a run's identity either)."""
+    the same numbers, not part of a run's identity either). ``devices``, ``strategy`` and
+    ``precision`` (deep trunks only; part of a run's identity unless at their defaults) go to
+    ``lightning.Trainer`` as they are: e.g. ``precision: bf16-mixed`` on a GPU, or ``devices: 4,
+    strategy: ddp_spawn`` (each fit starts inside a running sweep; Lightning's ``ddp`` starts
+    the whole command again in each device's process, which a sweep is not written for)."""
 
     accelerator: Literal["auto", "cpu", "cuda", "gpu", "mps"] = "auto"
     threads: Literal["auto"] | PositiveInt = "auto"
     cuda_graphs: bool = True
+    devices: Literal["auto"] | PositiveInt = 1
+    strategy: str = "auto"
+    precision: Literal["32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true",
+                       "64-true"] = "32-true"
+
+
+# Lightning's scale settings for deep trunks (``lightning.Trainer(devices=…, strategy=…,
+# precision=…)``), at their defaults; a run id leaves a default out.
+LIGHTNING_DEFAULTS: dict[str, Any] = {"devices": 1, "strategy": "auto", "precision": "32-true"}
 
 
 class ComparisonConfig(Strict):
@@ -248,12 +324,21 @@ class ComparisonConfig(Strict):
     def resolved_output_dir(self) -> Path:
         return Path(self.output_dir or f"runs/{self.name}")
 
+    @property
+    def deep(self) -> bool:
+        """A deep trunk on real images (trained by the Lightning modules, not the engine)."""
+        return self.model.kind in DEEP_KINDS
+
     def task_params(self, n_main: int) -> dict[str, Any]:
         """The family's validated parameters for one n_main value, as a plain dict."""
         import tasks
 
-        return tasks.validate_params(self.task.family, {**self.task.params, "n_main": n_main}
-                                     ).model_dump()
+        params = {**self.task.params, "n_main": n_main}
+        if self.task.family in DEEP_FAMILIES:
+            from tasks.class_split import ClassSplitParams
+
+            return ClassSplitParams.model_validate(params).model_dump()
+        return tasks.validate_params(self.task.family, params).model_dump()
 
 
 def _format_validation(err: ValidationError, prefix: str = "") -> list[str]:
@@ -307,12 +392,19 @@ def validate_config(raw: dict[str, Any], source: str = "<dict>",
         cfg = ComparisonConfig.model_validate(raw)
     except ValidationError as err:
         _raise(source, _format_validation(err), overrides)
-    if isinstance(raw.get("pretraining"), dict):
-        cfg._pretraining_given = frozenset(raw["pretraining"])
-    try:
-        tasks.get_family(cfg.task.family)
-    except (KeyError, ValueError) as err:
-        _raise(source, [f"task.family: {err}"], overrides)
+    given = frozenset(raw["pretraining"]) if isinstance(raw.get("pretraining"), dict) else None
+    problems = _deep_problems(cfg, raw)
+    if problems:
+        _raise(source, problems, overrides)
+    if cfg.deep:
+        cfg = _with_trunk_args(cfg, source, overrides)
+    cfg._pretraining_given = given
+    if cfg.task.family not in DEEP_FAMILIES:
+        try:
+            tasks.get_family(cfg.task.family)
+        except (KeyError, ValueError) as err:
+            _raise(source, [f"task.family: {err} (or {', '.join(DEEP_FAMILIES)} for real "
+                            "images)"], overrides)
     if "n_main" in cfg.task.params:
         _raise(source, ["task.params.n_main: set n_main at the top level (a list of sizes)"],
                overrides)
@@ -322,6 +414,89 @@ def validate_config(raw: dict[str, Any], source: str = "<dict>",
         except ValidationError as err:
             _raise(source, _format_validation(err, "task.params"), overrides)
     return cfg
+
+
+def deep_regimes() -> tuple[str, ...]:
+    """The regimes a deep trunk runs: every trained one (the kernel references are closed-form
+    ridge regressions on the engine's networks)."""
+    return tuple(s.name for s in REGIME_SPECS.values() if s.trains != "closed_form")
+
+
+def _deep_problems(cfg: ComparisonConfig, raw: dict[str, Any]) -> list[str]:
+    """What does not fit together between deep trunks, real-image tasks and their settings."""
+    deep, kinds = cfg.deep, ", ".join(DEEP_KINDS)
+    real = cfg.task.family in DEEP_FAMILIES
+    problems = []
+    if deep and not real:
+        problems.append(f"model.kind: {cfg.model.kind} is a trunk for images; it needs "
+                        f"task.family {' or '.join(DEEP_FAMILIES)}, not {cfg.task.family!r} "
+                        "(teacher–student families run on model.kind relu or diagonal)")
+    if real and not deep:
+        problems.append(f"task.family: {cfg.task.family} holds images; it needs a deep trunk, "
+                        f"model.kind one of {kinds}, not {cfg.model.kind!r}")
+    if not deep:
+        if cfg.model.trunk_args:
+            problems.append(f"model.trunk_args: only for the deep kinds ({kinds}); kind "
+                            f"{cfg.model.kind!r} is shaped by width, depth, bias")
+        for key, default in LIGHTNING_DEFAULTS.items():
+            if getattr(cfg.trainer, key) != default:
+                problems.append(f"trainer.{key}: only for the deep kinds ({kinds}); the engine "
+                                "trains on one device in training.dtype")
+        return problems
+    given = (raw.get("model") or {}) if isinstance(raw.get("model"), dict) else {}
+    for key in ENGINE_ONLY_MODEL_KEYS:  # a resolved config repeats their defaults: those pass
+        if key in given and getattr(cfg.model, key) != ModelConfig.model_fields[key].default:
+            problems.append(f"model.{key}: not a setting of kind {cfg.model.kind}; its shape is "
+                            "model.trunk_args")
+    if "seed" in cfg.model.trunk_args:
+        problems.append("model.trunk_args.seed: the trunk's initial weights come from the run's "
+                        "seed (seeds)")
+    allowed = deep_regimes()
+    for i, regime in enumerate(cfg.regimes):
+        if regime not in allowed:
+            problems.append(f"regimes.{i}: {regime} ({REGIME_SPECS[regime].label}) does not run "
+                            f"on a deep trunk ({cfg.model.kind}); deep runs compare "
+                            f"{', '.join(allowed)}")
+    for section in ("training", "pretraining"):
+        recipe = getattr(cfg, section)
+        if recipe is None:
+            continue
+        if recipe.mode != "minibatch":
+            problems.append(f"{section}.mode: a deep trunk trains in minibatch epochs "
+                            f"(training.mode: minibatch), not {recipe.mode}")
+        if recipe.dtype != "float32":
+            problems.append(f"{section}.dtype: deep trunks set their precision with "
+                            "trainer.precision (e.g. 64-true), not training.dtype")
+    if real and (missing := _missing_source(cfg.task.params.get("source", "digits"))):
+        problems.append(f"task.params.source: {missing}")
+    return problems
+
+
+def _missing_source(source: Any) -> str | None:
+    from tasks.image_sources import missing_local_source
+
+    return missing_local_source(source) if isinstance(source, str) else None
+
+
+def _with_trunk_args(cfg: ComparisonConfig, source: str,
+                     overrides: dict[str, str] | None) -> ComparisonConfig:
+    """The config with ``model.trunk_args`` validated and every default filled in (the shape
+    arguments that come from the images stay None)."""
+    args = {k: v for k, v in cfg.model.trunk_args.items() if k != "seed"}
+    try:
+        resolved = TRUNK_ARGS[cfg.model.kind].model_validate(args)
+    except ValidationError as err:
+        _raise(source, _format_validation(err, "model.trunk_args"), overrides)
+    model = cfg.model.model_copy(update={"trunk_args": resolved.model_dump(mode="json")})
+    return cfg.model_copy(update={"model": model})
+
+
+def derived_trunk_args(cfg: ComparisonConfig) -> dict[str, int]:
+    """The shape arguments a deep config leaves to the images: name → index in (C, H, W)."""
+    if not cfg.deep:
+        return {}
+    return {name: i for name, i in SHAPE_ARGS[cfg.model.kind].items()
+            if cfg.model.trunk_args.get(name) is None}
 
 
 def set_path(raw: dict[str, Any], key: str, value: Any) -> None:
@@ -378,22 +553,55 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Compari
     return validate_config(raw, str(path), given)
 
 
-def dump_config(cfg: ComparisonConfig) -> str:
+def dump_config(cfg: ComparisonConfig, read_data: bool = True) -> str:
     """The fully resolved config as YAML (every default filled in); keys of a ``pretraining``
-    block that it inherited from ``training`` carry the comment ``# from training``."""
+    block that it inherited from ``training`` carry the comment ``# from training``, and the
+    shape arguments of a deep trunk that come from the images (``model.trunk_args.in_channels``
+    left out) the comment ``# from the data: <value> …`` — read from the source's first image
+    when ``read_data`` (it loads the source), else said to be filled when the task is built.
+    The values stay null, so that the dump validates back to the same config."""
     text = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
     given = cfg._pretraining_given
-    if cfg.pretraining is None or given is None:
+    inherit = cfg.pretraining is not None and given is not None
+    derived = derived_trunk_args(cfg)
+    if not inherit and not derived:
         return text
-    lines, inside = [], False
+    notes = _derived_notes(cfg, derived, read_data) if derived else {}
+    lines, inside, section, subsection = [], False, None, None
     for line in text.splitlines():
         if not line.startswith(" "):
             inside = line.startswith("pretraining:")
+            section = line.split(":", 1)[0]
         key = line.strip().split(":", 1)[0]
-        if inside and line.startswith("  ") and not line.startswith("   ") and key not in given:
+        if inherit and inside and line.startswith("  ") and not line.startswith("   ") \
+                and key not in given:
             line += "  # from training"
+        if line.startswith("  ") and not line.startswith("   "):
+            subsection = key
+        if section == "model" and line.startswith("    ") and not line.startswith("     ") \
+                and subsection == "trunk_args" and key in notes:
+            line += f"  # {notes[key]}"
         lines.append(line)
     return "\n".join(lines) + "\n"
+
+
+def _derived_notes(cfg: ComparisonConfig, derived: dict[str, int], read_data: bool
+                   ) -> dict[str, str]:
+    """The comment of each trunk argument taken from the images."""
+    source = cfg.task.params.get("source", "digits")
+    later = "from the data: filled from the images' shape (C, H, W) when the task is built"
+    if not read_data:
+        return dict.fromkeys(derived, later)
+    try:
+        from tasks.image_sources import source_input_shape
+
+        shape = source_input_shape(cfg.task_params(min(cfg.n_main)))
+    except Exception as err:  # a hub source offline, an unreadable folder: the run will say
+        return dict.fromkeys(derived, f"{later} (source {source!r} not read here: "
+                                      f"{type(err).__name__})")
+    size = "×".join(str(v) for v in shape)
+    return {name: f"from the data: {shape[i]} (the images of {source!r} are {size})"
+            for name, i in derived.items()}
 
 
 def get_path(cfg: BaseModel, key: str) -> Any:

@@ -76,7 +76,13 @@ def train_group(group: Sequence[RunSpec], out_dir: str | Path,
     """Train one batched group; save its checkpoints and wandb runs; return its rows.
 
     ``progress``: step bars of its own, or a sink that receives (phase, done, total, postfix).
+    A group of deep-trunk runs (``model.kind`` resnet, vit) goes to
+    :func:`mtl_lab.sweeps.deep.train_deep_group`: one Lightning fit per run.
     """
+    if group[0].cfg.deep:
+        from mtl_lab.sweeps.deep import train_deep_group
+
+        return train_deep_group(group, out_dir, progress)
     from mtl_lab.analysis.callbacks import monitors_for
     from mtl_lab.analysis.summary import run_summary
     from mtl_lab.regimes import REGIME_FUNCTIONS, GroupContext, Member, PretrainStore
@@ -116,10 +122,12 @@ def train_group(group: Sequence[RunSpec], out_dir: str | Path,
 
 def preflight(out_dir: Path) -> pd.DataFrame:
     """Everything that can fail before compute: existing results and checkpoints must load."""
+    from mtl_lab.modules.experiment import ModuleStore
     from mtl_lab.regimes import PretrainStore
 
     existing = read_results(out_dir)
     PretrainStore(out_dir / "checkpoints").check()
+    ModuleStore(out_dir / "checkpoints").check()
     return existing
 
 
@@ -185,8 +193,13 @@ def execute(runs: Sequence[RunSpec], out_dir: str | Path, executor: str = "local
 
 
 def group_cost(group: Sequence[RunSpec]) -> int:
-    """A rough cost of a group: members × step budget × samples per step (pretraining aside)."""
+    """A rough cost of a group: members × step budget × samples per step (pretraining aside);
+    for deep trunks, :func:`mtl_lab.sweeps.deep.deep_group_cost`."""
     cfg = group[0].cfg
+    if cfg.deep:
+        from mtl_lab.sweeps.deep import deep_group_cost
+
+        return deep_group_cost(group)
     params = cfg.task.params
     aux = params.get("n_aux", 0) if "aux" in REGIME_SPECS[group[0].regime].tasks else 0
     samples = max(r.n_main for r in group) + aux

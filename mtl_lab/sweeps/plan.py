@@ -17,7 +17,8 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from mtl_lab.config import ComparisonConfig, drop_member_knobs
+from mtl_lab.config import LIGHTNING_DEFAULTS, ComparisonConfig, drop_member_knobs
+from mtl_lab.regime_specs import REGIME_SPECS
 
 PER_RUN_KEYS = ("regimes", "seeds", "n_main", "name", "output_dir", "logging")
 INPUT_PARAMS = ("d", "n_aux", "n_test")  # task parameters that fix the inputs' shapes
@@ -32,6 +33,11 @@ def run_config(cfg: ComparisonConfig) -> dict:
         dumped["mtl"].pop("options")
     if not dumped["finetune"]["gamma_follows_rescale"]:  # likewise, when γ does not follow c
         dumped["finetune"].pop("gamma_follows_rescale")
+    if not dumped["model"]["trunk_args"]:  # likewise for the engine's networks (no deep trunk)
+        dumped["model"].pop("trunk_args")
+    for key, default in LIGHTNING_DEFAULTS.items():  # likewise at Lightning's defaults
+        if dumped["trainer"][key] == default:
+            dumped["trainer"].pop(key)
     return {k: v for k, v in dumped.items() if k not in PER_RUN_KEYS}
 
 
@@ -60,11 +66,23 @@ def runs_of(cfg: ComparisonConfig) -> list[RunSpec]:
 
 
 def group_key(run: RunSpec) -> str:
-    """Runs with the same key train together as one batched ensemble."""
+    """Runs with the same key train together as one batched ensemble.
+
+    A deep trunk (``model.kind`` resnet, vit) has no batched ensemble: each of its runs is its
+    own Lightning fit, and a group is only what one worker trains in a row. Runs of a pretrained
+    regime (PT+FT, PT+LP) group by seed, over every n_main and c, so that they share one
+    pretraining without waiting on each other; the others group per n_main as well, so that
+    ``--jobs`` workers share them out evenly. Every task parameter counts (they choose the
+    images)."""
     shared = run_config(run.cfg)
     task = shared.pop("task")
-    shared["task"] = {"family": task["family"], "cache_dir": task["cache_dir"],
-                      **{k: task["params"].get(k) for k in INPUT_PARAMS}}
+    if run.cfg.deep:
+        shared["task"] = task
+        if not REGIME_SPECS[run.regime].pretrained:
+            shared["n_main"] = run.n_main
+    else:
+        shared["task"] = {"family": task["family"], "cache_dir": task["cache_dir"],
+                          **{k: task["params"].get(k) for k in INPUT_PARAMS}}
     drop_member_knobs(shared)
     return json.dumps({"regime": run.regime, "seed": run.seed, **shared}, sort_keys=True)
 
