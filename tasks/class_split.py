@@ -230,7 +230,8 @@ def _statistics(train: datasets.Dataset, image: str) -> tuple[np.ndarray, np.nda
 
 def _stratified(labels: np.ndarray, classes: list[int], n: int, rng: np.random.Generator,
                 what: str) -> np.ndarray:
-    """n indices over ``classes`` in equal parts (the first classes get the remainder)."""
+    """n indices over ``classes`` in equal parts (the first classes get the remainder): the first
+    images of a random order of each class, so a smaller n picks a subset of a larger one."""
     base, extra = divmod(n, len(classes))
     picked = []
     for i, c in enumerate(classes):
@@ -239,7 +240,7 @@ def _stratified(labels: np.ndarray, classes: list[int], n: int, rng: np.random.G
         if want > len(pool):
             raise ClassSplitError(f"{what}: class {c} has {len(pool)} training images, {want} "
                                   "requested")
-        picked.append(rng.choice(pool, size=want, replace=False))
+        picked.append(rng.permutation(pool)[:want])
     return np.sort(np.concatenate(picked))
 
 
@@ -289,13 +290,16 @@ def build_class_split(params: ClassSplitParams | dict, seed: int,
     if k_aux < 1 or p.main_classes + k_aux > len(classes):
         raise ClassSplitError(f"class_split source {p.source!r} has {len(classes)} classes: "
                               f"too few for {p.main_classes} main + {max(k_aux, 1)} auxiliary")
-    rng = np.random.default_rng(seed)
-    order = [classes[i] for i in rng.permutation(len(classes))]
+    # three independent streams: the classes, the main images and the auxiliary images, so that
+    # the auxiliary task (and its pretraining) is the same whatever n_main
+    class_rng, main_rng, aux_rng = (np.random.default_rng(s)
+                                    for s in np.random.SeedSequence(seed).spawn(3))
+    order = [classes[i] for i in class_rng.permutation(len(classes))]
     main, aux = order[:p.main_classes], order[p.main_classes:p.main_classes + k_aux]
-    main_train = _stratified(train_labels, main, p.n_main, rng, f"n_main = {p.n_main}")
+    main_train = _stratified(train_labels, main, p.n_main, main_rng, f"n_main = {p.n_main}")
     aux_pool = np.flatnonzero(np.isin(train_labels, aux))
     aux_train = (aux_pool if p.n_aux is None else
-                 _stratified(train_labels, aux, p.n_aux, rng, f"n_aux = {p.n_aux}"))
+                 _stratified(train_labels, aux, p.n_aux, aux_rng, f"n_aux = {p.n_aux}"))
     mean, std = _statistics(train, image)
     feature = first.features[label]
     names = (tuple(feature.names) if isinstance(feature, datasets.ClassLabel)

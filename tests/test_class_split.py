@@ -146,3 +146,14 @@ def test_parameters_are_validated_before_any_loading():
         ClassSplitParams(n_main=1)
     with pytest.raises(ValueError, match="extra"):
         ClassSplitParams(n_mian=4)
+
+
+def test_auxiliary_images_do_not_depend_on_n_main_and_main_images_nest(digits):
+    """Pretraining is shared by every n_main of a seed, so its data must not move with n_main;
+    a larger n_main adds images to a smaller one's."""
+    small = build_class_split({"n_main": 6, "n_aux": 80}, seed=4, source_data=digits)
+    large = build_class_split({"n_main": 30, "n_aux": 80}, seed=4, source_data=digits)
+    assert torch.equal(small.data["aux_train"][:]["x"], large.data["aux_train"][:]["x"])
+    big = large.data["main_train"][:]["x"].flatten(1)
+    for image in small.data["main_train"][:]["x"].flatten(1):
+        assert (big == image).all(dim=1).any()
