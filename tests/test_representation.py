@@ -285,3 +285,21 @@ class TestENSD:
         assert out.shape == (4,)
         for k in range(4):
             assert _close(out[k], ensd(fa[k], fb[k]))
+
+
+def test_cka_of_a_representation_without_variance_is_nan_not_infinite():
+    """A dead or collapsed layer (every sample has the same features) has no CKA with anything:
+    both the functional core and the accumulated Metric say NaN, not inf."""
+    import torch
+
+    from mtl_lab.analysis.representation import LinearCKA, linear_cka
+
+    x = torch.randn(32, 5, dtype=torch.float64)
+    flat = torch.ones(32, 3, dtype=torch.float64) * torch.tensor([0.5, 2.0, 0.0],
+                                                                 dtype=torch.float64)
+    assert torch.isnan(linear_cka(x, flat)) and torch.isnan(linear_cka(flat, x))
+    metric = LinearCKA()
+    for a, b in zip(x.split(8), flat.split(8), strict=True):
+        metric.update(a, b)
+    assert torch.isnan(metric.compute())
+    assert torch.isfinite(linear_cka(x, x @ torch.randn(5, 4, dtype=torch.float64)))

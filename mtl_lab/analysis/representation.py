@@ -37,6 +37,7 @@ __all__ = [
     "hsic_unbiased",
     "hsic_biased",
     "linear_cka",
+    "cka_from_hsic",
     "linear_hsic_stats",
     "hsic_unbiased_from_stats",
     "hsic_biased_from_stats",
@@ -319,7 +320,29 @@ def linear_cka(x: Tensor, y: Tensor, unbiased: bool = True) -> Tensor:
     x, y = _pair(_promote(x), _promote(y))
     hsic = hsic_unbiased if unbiased else hsic_biased
     K, L = _gram(x), _gram(y)
-    return hsic(K, L) / torch.sqrt(hsic(K, K) * hsic(L, L))
+    n = x.shape[-2]
+    return cka_from_hsic(hsic(K, L), hsic(K, K), hsic(L, L),
+                         (_trace(K) / n) ** 2, (_trace(L) / n) ** 2)
+
+
+DEGENERATE = 1e-10  # relative self-HSIC below which a representation has no variance to compare
+
+
+def cka_from_hsic(hsic_kl: Tensor, hsic_kk: Tensor, hsic_ll: Tensor, scale_k: Tensor,
+                  scale_l: Tensor) -> Tensor:
+    """``HSIC(K, L) / sqrt(HSIC(K, K) · HSIC(L, L))``, NaN where either representation has no
+    variance across the samples (``HSIC(K, K) ≤ 1e-10 · scale_k``, ``scale_k = (tr K / n)²``:
+    constant features, e.g. a dead or collapsed layer): CKA is undefined there, not infinite.
+
+    >>> t = torch.tensor
+    >>> float(cka_from_hsic(t(0.5), t(1.0), t(1.0), t(1.0), t(1.0)))
+    0.5
+    >>> cka_from_hsic(t(0.0), t(0.0), t(1.0), t(1.0), t(1.0)).isnan().item()
+    True
+    """
+    flat = (hsic_kk <= DEGENERATE * scale_k) | (hsic_ll <= DEGENERATE * scale_l)
+    value = hsic_kl / torch.sqrt((hsic_kk * hsic_ll).clamp_min(torch.finfo(hsic_kl.dtype).tiny))
+    return torch.where(flat, torch.full_like(value, float("nan")), value)
 
 
 # --------------------------------------------------------------- sufficient statistics
@@ -639,4 +662,6 @@ class LinearCKA(_LazyStateMetric):
         self._require_samples(4 if self.unbiased else 2)
         hsic = hsic_unbiased_from_stats if self.unbiased else hsic_biased_from_stats
         kl, kk, ll = self._stats()
-        return (hsic(kl) / torch.sqrt(hsic(kk) * hsic(ll))).to(self._state_dtype)
+        n = self.n
+        return cka_from_hsic(hsic(kl), hsic(kk), hsic(ll), (self.sum_a / n) ** 2,
+                             (self.sum_b / n) ** 2).to(self._state_dtype)

@@ -387,6 +387,7 @@ def write_report(results: pd.DataFrame, out_dir: str | Path, title: str = "Sweep
              _relative_item(results, facet, figures)]
     items += _ratio_items(results, facet, figures)
     items.append(_sparsity_item(results, axes, facet, figures))
+    items += _deep_items(results, figures)
     data = finite_rows(results)
     page = root / "index.html"
     page.write_text(_html(title, results, data, axes, items, section), encoding="utf-8")
@@ -455,6 +456,26 @@ def _averaged(axes: list[str], shown: set) -> str:
     """Caption suffix naming the swept axes a figure averages over."""
     rest = [short(a) for a in axes if a not in shown]
     return f" Averaged over the other swept axes: {', '.join(rest)}." if rest else ""
+
+
+DEEP_CAPTIONS = {
+    "accuracy_vs_n.png": "Real data: main-task test accuracy vs n_main per regime (PT+FT one line "
+                         "per rescale factor c), mean ± s.e.m. over seeds.",
+    "ensd_vs_rescale.png": "Real data: ENSD between the pretrained and the finetuned network on "
+                           "the main task's test images vs the rescale factor c, one line per "
+                           "layer (SCIENCE.md §5; finding 5: the finetuned representation stays "
+                           "in a subspace shared with the pretrained one).",
+    "pr_vs_rescale.png": "Real data: participation ratio of the finetuned network's features vs c, "
+                         "one line per layer (finding 5: a collapse shows as a drop).",
+}
+
+
+def _deep_items(results: pd.DataFrame, figures: Path) -> list[Item]:
+    """The real-data figures (accuracy, layer-wise ENSD and PR vs c) where the table has them."""
+    from mtl_lab.sweeps.deep_figures import deep_figures
+
+    return [Item(DEEP_CAPTIONS[path.name], f"figures/{path.name}")
+            for path in deep_figures(results, figures)]
 
 
 def _loss_item(results: pd.DataFrame, facet: str | None, figures: Path,
