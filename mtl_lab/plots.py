@@ -9,6 +9,25 @@ import pandas as pd
 from mtl_lab.regime_specs import REGIME_SPECS
 
 
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display needed), imported on first use."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Write a figure as PNG (creating the folder) and free it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    pyplot().close(fig)
+    return path
+
+
 def n_main_axis(ax, values) -> None:
     """A log₂ n_main axis ticked at the sizes actually run."""
     sizes = sorted({int(v) for v in values})

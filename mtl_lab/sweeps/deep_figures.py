@@ -34,6 +34,8 @@ import numpy as np
 import pandas as pd
 
 from mtl_lab.plots import n_main_axis
+from mtl_lab.plots import pyplot as _pyplot
+from mtl_lab.plots import save_figure as _save
 from mtl_lab.regime_specs import colour_of, label_of
 from mtl_lab.tables import Series, finite_rows, fmt, select, series, series_rows, sorted_values
 
@@ -45,21 +47,8 @@ MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 LINESTYLES = ("-", "--", "-.", ":")
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
-def _save(fig, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    _pyplot().close(fig)
-    return path
 
 
 def layer_columns(results: pd.DataFrame) -> dict[str, list[str]]:

@@ -30,6 +30,8 @@ import pandas as pd
 
 from mtl_lab.flags import cell_mark, flag_legend_handles, flags_note, mark_flagged
 from mtl_lab.plots import n_main_axis
+from mtl_lab.plots import pyplot as _pyplot
+from mtl_lab.plots import save_figure as _save
 from mtl_lab.regime_specs import REGIME_SPECS, colour_of, label_of
 from mtl_lab.tables import (
     METRIC,
@@ -88,14 +90,6 @@ def _name(column: str | None) -> str:
 # ----------------------------------------------------------------------------- drawing helpers
 
 
-def _pyplot():
-    """matplotlib.pyplot on the Agg backend (no display needed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _style(line: Series) -> dict:
@@ -143,13 +137,6 @@ def _loss_axis(ax, metric: str) -> None:
         ax.set_ylabel(f"{metric.replace('_', ' ')} (MSE)")
 
 
-def _save(fig, path: str | Path) -> Path:
-    """Write a figure as PNG (creating the folder) and free it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    _pyplot().close(fig)
-    return path
 
 
 def _legend(fig, axes, results: pd.DataFrame) -> None:
