@@ -128,6 +128,19 @@ def _cmd_families(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_symmetry(args: argparse.Namespace) -> int:
+    from mtl_lab.symmetry import Architecture, count_laws, known_laws
+
+    arch = Architecture.parse(args.arch, bias=args.bias,
+                              activation="linear" if args.linear else "relu")
+    result = count_laws(arch, seed=args.seed, tol=args.tol)
+    print(result.describe())
+    if args.known:
+        for name in known_laws(arch).names:
+            print(f"  {name}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mtl-lab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -179,6 +192,20 @@ def build_parser() -> argparse.ArgumentParser:
     rep.set_defaults(func=_cmd_report)
     fam = sub.add_parser("families", help="list the registered task families")
     fam.set_defaults(func=_cmd_families)
+
+    sym = sub.add_parser("symmetry", help="symmetry tools (SCIENCE.md §6)")
+    sym_sub = sym.add_subparsers(dest="symmetry_command", required=True)
+    cnt = sym_sub.add_parser("count", help="count the independent conservation laws of gradient "
+                             "flow for an architecture (D − dim Lie(W) at a random point)")
+    cnt.add_argument("arch", help="IN-H1-…-HL:K1,K2 — input size, hidden widths, head output "
+                     "sizes (e.g. '15-8-8:2,1'); may end with the words 'bias', 'head_bias', "
+                     "'linear'")
+    cnt.add_argument("--bias", action="store_true", help="trunk biases")
+    cnt.add_argument("--linear", action="store_true", help="linear activations (deep linear net)")
+    cnt.add_argument("--seed", type=int, default=0, help="seed of the random point θ")
+    cnt.add_argument("--tol", type=float, default=1e-8, help="rank tolerance (unit vectors)")
+    cnt.add_argument("--known", action="store_true", help="also list the closed-form laws")
+    cnt.set_defaults(func=_cmd_symmetry)
     return parser
 
 

@@ -24,11 +24,12 @@ LAYERS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
               "mtl_lab.progress"), ("tasks",)),
     "models": (("mtl_lab.models", "mtl_lab.checkpoints"), ("core",)),
     "engine": (("mtl_lab.engine", "mtl_lab.data"), ("models",)),
-    "regimes": (("mtl_lab.regimes", "mtl_lab.modules"), ("engine",)),
+    "regimes": (("mtl_lab.regimes", "mtl_lab.modules"), ("engine", "symmetry")),
     "measures": (("mtl_lab.analysis.features", "mtl_lab.analysis.representation",
                   "mtl_lab.analysis.symmetry", "mtl_lab.analysis.weights",
                   "mtl_lab.analysis.penalties", "mtl_lab.analysis.callbacks",
                   "mtl_lab.analysis.summary", "mtl_lab.analysis.layers"), ("models",)),
+    "symmetry": (("mtl_lab.symmetry",), ("core",)),  # rescalings, conservation-law counts (§6)
     "theory": (("mtl_lab.theory",), ("measures",)),  # the penalties' minimisers (SCIENCE.md §4)
     "results": (("mtl_lab.results", "mtl_lab.flags", "mtl_lab.tables", "mtl_lab.plots",
                  "mtl_lab.tracking", "mtl_lab.reproduce"), ("core",)),

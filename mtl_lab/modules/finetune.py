@@ -58,6 +58,8 @@ def rescale_trunk(trunk: nn.Module, rescale: Rescale) -> None:
 
 
 def _name(rescale: Rescale) -> float | str:
+    if isinstance(rescale, str):  # already a name (a reloaded checkpoint's hyper-parameters)
+        return rescale
     if callable(rescale):
         return f"{getattr(rescale, '__module__', '?')}.{getattr(rescale, '__qualname__', rescale)}"
     return float(rescale)
@@ -101,12 +103,24 @@ class FinetuneModule(MultiTaskModule):
     @classmethod
     def from_pretrained(cls, pretrained: MultiTaskModule, task: TaskSpec | str | Mapping,
                         **kwargs: Any) -> FinetuneModule:
-        """A finetuning module on a copy of ``pretrained``'s trunk (which stays untouched)."""
+        """A finetuning module on a copy of ``pretrained``'s trunk (which stays untouched).
+
+        A ``rescale`` callable with a true ``uses_heads`` attribute (such as
+        :class:`mtl_lab.symmetry.Rescaling`) is called as ``rescale(trunk, heads)`` on copies of
+        the pretrained trunk and heads, before the heads are dropped: the rescaling of the last
+        hidden layer is absorbed by the old heads (the pretrained function is kept) and the
+        fresh head sees the rescaled features. Other callables get the trunk alone."""
         if not isinstance(pretrained, MultiTaskModule):
             raise TypeError(f"pretrained must be a MultiTaskModule, got "
                             f"{type(pretrained).__name__}")
         kwargs.setdefault("feature_dim", pretrained.hparams.get("feature_dim"))
-        module = cls(copy.deepcopy(pretrained.trunk), task, **kwargs)
+        trunk = copy.deepcopy(pretrained.trunk)
+        rescale = kwargs.get("rescale", 1.0)
+        if callable(rescale) and getattr(rescale, "uses_heads", False):
+            with torch.no_grad():
+                rescale(trunk, copy.deepcopy(pretrained.heads))
+            kwargs["rescale"] = _name(rescale)  # applied: the module records it by name
+        module = cls(trunk, task, **kwargs)
         module.hparams["trunk"] = pretrained.hparams.get("trunk")  # rebuildable from its spec
         return module
 

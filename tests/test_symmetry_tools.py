@@ -1,0 +1,313 @@
+"""mtl_lab.symmetry: function-preserving rescalings and the count of conservation laws."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.func import jacrev
+
+from mtl_lab.symmetry import (
+    MLP,
+    Architecture,
+    NotAnMLP,
+    Rescaling,
+    TooLarge,
+    balanced_then_c,
+    count_laws,
+    enorm,
+    known_laws,
+    lifting,
+    neuron_balance,
+    path_conditioned,
+    path_kernel_diagonal,
+)
+
+ARCHS = ["4-6:1", "4-6:1 bias", "3-5-4:2,1", "3-5-4:2,1,3 bias", "2-4-3-5:1,2 bias head_bias"]
+
+
+@torch.no_grad()
+def outputs(trunk, heads, x):
+    return {t: h(trunk(x)) for t, h in heads.items()}
+
+
+def relative_change(before, after):
+    return max(float((after[t] - before[t]).norm() / before[t].norm()) for t in before)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("method", ["enorm", "path_conditioned"])
+def test_rescalings_preserve_every_head(arch, method):
+    trunk, heads = Architecture.parse(arch).build(seed=3)
+    x = torch.randn(32, trunk[0].in_features, dtype=torch.float64)
+    before = outputs(trunk, heads, x)
+    h_before = neuron_balance(trunk, heads)
+    record = balanced_then_c(trunk, heads, method, 1.0)
+    assert relative_change(before, outputs(trunk, heads, x)) < 1e-6
+    assert record.converged and any(s.abs().max() > 1e-3 for s in record.log_scales)
+    assert not torch.allclose(neuron_balance(trunk, heads), h_before)  # h moved on purpose
+
+
+def test_rescaling_a_float32_mlp_trunk_keeps_its_function():
+    from mtl_lab.modules.trunks import MLPTrunk
+
+    trunk = MLPTrunk(in_dim=5, width=16, depth=3, bias=True, seed=1)
+    heads = nn.ModuleDict({"a": nn.Linear(16, 2), "b": nn.Linear(16, 1, bias=False)})
+    x = torch.randn(64, 5)
+    before = outputs(trunk, heads, x)
+    path_conditioned(trunk, heads)
+    assert relative_change(before, outputs(trunk, heads, x)) < 1e-5  # float32 rounding only
+    assert trunk.layers[0].weight.dtype == torch.float32
+
+
+def test_the_constant_c_comes_after_the_balancing():
+    trunk, heads = Architecture.parse("3-5-4:2 bias").build(seed=0)
+    twin_trunk, twin_heads = copy.deepcopy(trunk), copy.deepcopy(heads)
+    enorm(twin_trunk, twin_heads)
+    record = balanced_then_c(trunk, heads, "enorm", c=0.5)
+    assert record.c == 0.5
+    for p, q in zip(trunk.parameters(), twin_trunk.parameters(), strict=True):
+        assert torch.allclose(p, 0.5 * q)
+    for t in heads:  # heads are not multiplied by c
+        assert torch.allclose(heads[t].weight, twin_heads[t].weight)
+
+
+def _objective(trunk, heads, z_total):
+    """F(z) recomputed from scratch: n·log Σ g'(rescaled net) − Σ_h d_h z_h, and ∂F/∂z at z."""
+    net = MLP.of(trunk, heads)
+    g = path_kernel_diagonal(trunk, heads)
+    n = sum(t.numel() for t in g)
+    total = sum(float(t.sum()) for t in g)
+    pieces, grads, linear = iter(g), [], 0.0
+    gw, gb = [], []
+    for lin in net.layers:
+        gw.append(next(pieces))
+        gb.append(next(pieces) if lin.bias is not None else torch.zeros(lin.out_features))
+    gv = []
+    for head in net.heads.values():
+        gv.append(next(pieces))
+        if head.bias is not None:
+            next(pieces)
+    for layer, lin in enumerate(net.layers):
+        outs = [gw[layer + 1]] if layer + 1 < len(gw) else gv
+        n_out = sum(t.shape[0] for t in outs)
+        d = n_out - (lin.in_features + (1 if lin.bias is not None else 0))
+        linear += d * float(z_total[layer].sum())
+        out_mass = sum(t.sum(0) for t in outs)
+        in_mass = gw[layer].sum(1) + gb[layer]
+        grads.append(n * (out_mass - in_mass) / total - d)
+    return n * math.log(total) - linear, torch.cat(grads)
+
+
+@pytest.mark.parametrize("arch", ["4-6:1", "3-5-4:2,1 bias", "2-4-3-5:1,2 bias head_bias"])
+def test_path_conditioning_lowers_f_monotonically_to_a_stationary_point(arch):
+    trunk, heads = Architecture.parse(arch).build(seed=1)
+    f0, _ = _objective(trunk, heads, [torch.zeros(w) for w in MLP.of(trunk).widths])
+    record = path_conditioned(trunk, heads, tol=1e-12, max_sweeps=5000)
+    assert record.converged
+    assert record.values[0] == pytest.approx(f0, rel=1e-12)
+    assert all(b <= a + 1e-9 * abs(a) for a, b in zip(record.values, record.values[1:]))
+    assert record.values[-1] < record.values[0]
+    assert record.gradient < 1e-8
+    # independently: the rescaled network's own diagonal gives the same F and a zero gradient
+    z = [2 * s for s in record.log_scales]  # λ = e^{z/2}
+    f_end, grad = _objective(trunk, heads, z)
+    assert f_end == pytest.approx(record.values[-1], rel=1e-10, abs=1e-9)
+    assert float(grad.abs().max()) < 1e-7
+
+
+@pytest.mark.parametrize("arch", ["3-4:1", "3-4-3:2,1 bias head_bias", "2-3-2-3:1,1 bias"])
+def test_one_pass_diagonal_equals_the_explicit_path_kernel_diagonal(arch):
+    spec = Architecture.parse(arch)
+    trunk, heads = spec.build(seed=2)
+    net = MLP.of(trunk, heads)
+    assert net.architecture() == spec
+    theta = net.flat()
+    jac = jacrev(lifting(spec))(theta)  # (P, D) float64
+    assert jac.shape == (spec.n_paths(), spec.n_params)
+    explicit = jac.square().sum(0)  # diag(∂Φᵀ∂Φ)
+    one_pass = torch.cat([t.reshape(-1) for t in path_kernel_diagonal(trunk, heads)])
+    assert torch.allclose(one_pass, explicit, rtol=1e-12, atol=1e-14)
+
+
+def test_path_lifting_agrees_with_the_engine_networks():
+    from mtl_lab.analysis.symmetry import path_lifting
+    from mtl_lab.models import ReLUNetwork
+    from mtl_lab.modules.trunks import network_parts
+
+    engine = ReLUNetwork(3, 4, 2, ("aux", "main"), seeds=[5], bias=True).double()
+    engine_phi = path_lifting(engine, None)
+    trunk, heads = network_parts(engine)
+    net = MLP.of(trunk, heads)
+    ours = lifting(net.architecture())(net.flat())
+    assert torch.allclose(ours.abs().sort().values, engine_phi.abs().sort().values)
+
+
+@pytest.mark.parametrize("arch", ["4-6:1 bias", "3-5-4:2,1", "2-4-3-5:1,2 bias head_bias"])
+def test_enorm_balances_every_neuron(arch):
+    trunk, heads = Architecture.parse(arch).build(seed=4)
+    before = float(MLP.of(trunk, heads).flat().square().sum())
+    record = enorm(trunk, heads)
+    h = neuron_balance(trunk, heads)
+    assert record.converged and h.numel() == sum(MLP.of(trunk).widths)
+    assert float(h.abs().max()) < 1e-10
+    assert record.values[-1] <= before and record.gradient < 1e-10
+
+
+class Residual(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+
+    def forward(self, x):
+        return x + self.layers(x)
+
+
+class ResNetish(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3)
+        self.block = Residual()
+
+
+@pytest.mark.parametrize("trunk", [
+    ResNetish(),
+    nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()),
+    nn.Sequential(nn.Linear(3, 4), nn.Tanh()),
+    nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.BatchNorm1d(4), nn.ReLU()),
+    nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(5, 4), nn.ReLU()),
+], ids=["resnet", "conv", "tanh", "batchnorm", "sizes"])
+def test_non_mlp_trunks_are_refused_clearly(trunk):
+    with pytest.raises(NotAnMLP, match="ReLU MLP|alternates|chain"):
+        enorm(trunk, None)
+    with pytest.raises(TypeError):  # NotAnMLP is a TypeError (and the lab's InputError)
+        path_conditioned(trunk, None)
+
+
+def test_a_wrapper_with_parameters_outside_its_layers_is_refused():
+    from mtl_lab.modules.trunks import DiagonalTrunk
+
+    with pytest.raises(NotAnMLP, match="outside its .layers"):
+        MLP.of(_Wrapped(), None)
+    with pytest.raises(NotAnMLP, match="skip connection"):
+        MLP.of(Residual(), None)
+    with pytest.raises(NotAnMLP, match="DiagonalTrunk"):
+        enorm(DiagonalTrunk(3), None)
+    trunk = nn.Sequential(nn.Linear(3, 4), nn.ReLU())
+    with pytest.raises(NotAnMLP, match="must be an nn.Linear"):
+        enorm(trunk, {"a": nn.Sequential(nn.Linear(4, 1))})
+
+
+class _Wrapped(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(nn.Linear(3, 4), nn.ReLU())
+        self.scale = nn.Parameter(torch.ones(1))
+
+
+def test_rescaling_spec_round_trips_and_serves_as_the_finetune_hook():
+    from mtl_lab.modules.finetune import FinetuneModule
+    from mtl_lab.modules.multitask import MultiTaskModule
+
+    for text in ["none", "0.5", "enorm", "path_conditioned*0.25"]:
+        assert Rescaling.parse(text).name == text
+    with pytest.raises(ValueError, match="unknown rescaling"):
+        Rescaling.parse("sideways")
+    spec = {"class_path": "mtl_lab.modules.trunks.MLPTrunk",
+            "init_args": {"in_dim": 4, "width": 8, "depth": 2, "bias": True}}
+    pretrained = MultiTaskModule(spec, ["aux", "main"])
+    x = torch.randn(16, 4)
+    features = pretrained.trunk(x)
+    # the trunk alone (a plain callable hook): the last hidden layer has nothing to absorb
+    # 1/λ, so it is left alone and the features are preserved
+    trunk_only = copy.deepcopy(pretrained.trunk)
+    Rescaling("path_conditioned")(trunk_only)
+    assert torch.allclose(trunk_only(x), features, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(trunk_only.layers[0].weight, pretrained.trunk.layers[0].weight)
+    # from_pretrained passes the pretrained heads (uses_heads): the old heads absorb the last
+    # layer's 1/λ, so heads·features is kept and the fresh head sees rescaled features
+    ft = FinetuneModule.from_pretrained(pretrained, "new", rescale=Rescaling("path_conditioned"))
+    assert "Rescaling('path_conditioned')" in ft.hparams["rescale"]
+    assert not torch.allclose(ft.trunk(x), features, rtol=1e-5, atol=1e-6)
+    reloaded = FinetuneModule(spec, "new", rescale=ft.hparams["rescale"])  # as a checkpoint
+    assert reloaded.hparams["rescale"] == ft.hparams["rescale"]  # reload does: by its name
+    trunk, heads = copy.deepcopy(pretrained.trunk), copy.deepcopy(pretrained.heads)
+    record = Rescaling("enorm", c=1.0)(trunk, heads)
+    assert record.log_scales[-1].abs().max() > 0
+    for t in heads:
+        assert torch.allclose(heads[t](trunk(x)), pretrained.heads[t](features), rtol=1e-4,
+                              atol=1e-5)
+
+
+# conservation laws
+
+
+@pytest.mark.parametrize("arch, laws", [
+    ("3-4:1", 4), ("3-4:1 bias", 4), ("2-5:1 bias", 5),  # two-layer ReLU: one per neuron
+    ("3-4:2,1", 4), ("2-3:1,1,2 bias", 3),  # several heads: the trunk's neurons
+    ("3-3-3:1", 6), ("2-3-2:2,1 bias", 5),  # three layers: still one per neuron
+])
+def test_relu_networks_have_one_law_per_hidden_neuron(arch, laws):
+    result = count_laws(arch)
+    assert result.laws == laws == known_laws(result.arch).count == result.known_rank
+    assert result.closed and result.known_residual < 1e-10
+    assert result.dims[0] == result.dims[-1]  # brackets add nothing for ReLU
+    assert result.dropped_max < 1e-12 < 1e-4 < result.kept_min  # an unambiguous margin
+
+
+@pytest.mark.parametrize("arch, r", [("3-1:3", 1), ("3-2:3", 2), ("4-3:3", 3), ("2-2:2", 2)])
+def test_two_layer_linear_networks_have_r_r_plus_one_over_two_laws(arch, r):
+    result = count_laws(Architecture.parse(arch, activation="linear"))
+    assert result.laws == r * (r + 1) // 2 == result.known_rank
+    assert result.closed and result.known_residual < 1e-10
+    if r > 1:
+        assert result.dims[-1] > result.dims[0]  # the brackets matter here
+
+
+def test_deeper_linear_and_biased_linear_counts():
+    assert count_laws("3-2-2:3 linear").laws == 6
+    assert count_laws("2-2:2 linear bias").laws == 3
+
+
+def test_the_size_limit_is_explicit():
+    with pytest.raises(TooLarge, match="D ≤ 256"):
+        count_laws("20-20:1")
+    with pytest.raises(TooLarge, match="P ≤ 50"):
+        count_laws("3-4-4:2", max_coordinates=50)
+
+
+def test_architecture_text():
+    arch = Architecture.parse("15-8-8:2,1 bias")
+    assert (arch.in_dim, arch.widths, arch.heads, arch.bias) == (15, (8, 8), (2, 1), True)
+    assert Architecture.parse(str(arch)) == arch
+    assert Architecture.parse("3-2").heads == (1,)
+    for bad in ["15", "a-2:1", "3-2:1 sideways", "3-0:1"]:
+        with pytest.raises(ValueError):
+            Architecture.parse(bad)
+    for text in ["3-4:1", "3-4-2:2,1 bias head_bias", "2-3-2-3:1 bias"]:
+        spec = Architecture.parse(text)
+        assert spec.paths().shape[0] == spec.n_paths()
+
+
+def test_the_constant_alone_works_on_any_trunk():
+    from mtl_lab.modules.trunks import DiagonalTrunk
+
+    trunk = DiagonalTrunk(3, alpha=0.2)
+    record = Rescaling.parse("0.5")(trunk)
+    assert record.method == "none" and record.c == 0.5
+    assert torch.allclose(trunk.w_plus.detach(), torch.full((3,), 0.1))
+
+
+def test_mtl_lab_symmetry_count_prints_the_count_and_refuses_clearly(capsys):
+    from mtl_lab.cli import main
+
+    assert main(["symmetry", "count", "3-4:2,1", "--known"]) == 0
+    out = capsys.readouterr().out
+    assert "4 independent conservation laws" in out and "h[0,3] = ‖in‖² − ‖out‖²" in out
+    assert main(["symmetry", "count", "3-x:1"]) == 2
+    assert "cannot read the architecture" in capsys.readouterr().err
+    assert main(["symmetry", "count", "50-50-50:1"]) == 2
+    assert "limited to D ≤ 256" in capsys.readouterr().err
