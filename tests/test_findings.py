@@ -24,7 +24,7 @@ from mtl_lab.sweeps.run import plan_sweep, run_sweep
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "configs" / "experiments"
 FINDINGS = ("diagonal_shared", "diagonal_nested", "relu_shared", "relu_nested",
-            "relu_correlation_magnitude", "init_scale")
+            "relu_correlation_magnitude", "init_scale", "width")
 QUICK_MAX_MEMBER_STEPS = 2_500_000  # full-batch budget × runs of a quick plan (a CPU's minutes)
 BEATS = 0.8  # a winner's mean test loss is at most this fraction of the loser's
 
@@ -170,3 +170,15 @@ def test_finding_3_ptft_but_not_mtl_benefits_from_correlated_features(tmp_path):
     for n in (64, 128):
         assert loss[n]["ptft"] < BEATS * loss[n]["mtl"], (n, loss[n])
         assert loss[n]["ptft"] < BEATS * loss[n]["stl"], (n, loss[n])
+
+
+def test_the_width_file_crosses_the_input_dimension():
+    """SCIENCE.md §7: widths below d, at d, at d + 4 and beyond, on a teacher whose two tasks
+    together use every input direction (m_aux + m_main = d)."""
+    widths = set()
+    for cfg in _paper_configs("width"):
+        params = cfg.task.params
+        assert params["m_aux"] + params["m_main"] == params["d"]
+        widths.add(cfg.model.width)
+    d = _paper_configs("width")[0].task.params["d"]
+    assert min(widths) < d and d in widths and d + 4 in widths and max(widths) > d + 4
