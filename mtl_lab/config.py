@@ -204,16 +204,25 @@ class MTLConfig(Strict):
         return {**self.options, **({"weights": dict(self.weights)} if self.weights else {})}
 
 
+# Function-preserving rescalings applied to the pretrained network before PT+FT's factor c
+# (SCIENCE.md §6), implemented in mtl_lab.symmetry (its METHODS; a test keeps the two in step).
+RESCALING_METHODS = ("none", "enorm", "path_conditioned")
+
+
 class FinetuneConfig(Strict):
     """PT+FT: fresh main head of scale γ, trunk rescaled by c, train all or the head only.
 
     ``gamma_follows_rescale``: γ = c · ``head_init_scale`` instead of ``head_init_scale`` (the
-    paper's nested-rescaling experiment pairs them: γ = c·10⁻³)."""
+    paper's nested-rescaling experiment pairs them: γ = c·10⁻³). ``rescaling``: a
+    function-preserving per-neuron rescaling of the pretrained ReLU trunk and its heads before
+    the factor c — ``enorm`` (balance ‖in‖² and ‖out‖² per neuron) or ``path_conditioned``
+    (SCIENCE.md §6); ``none`` keeps the constant c alone."""
 
     head_init_scale: PositiveFloat = 1e-3
     rescale: PositiveFloat = 1.0
     train: Literal["all", "head"] = "all"
     gamma_follows_rescale: bool = False
+    rescaling: Literal[RESCALING_METHODS] = "none"
 
     @property
     def gamma(self) -> float:
@@ -434,6 +443,11 @@ def _deep_problems(cfg: ComparisonConfig, raw: dict[str, Any]) -> list[str]:
     if real and not deep:
         problems.append(f"task.family: {cfg.task.family} holds images; it needs a deep trunk, "
                         f"model.kind one of {kinds}, not {cfg.model.kind!r}")
+    if cfg.finetune.rescaling != "none" and cfg.model.kind != "relu":
+        problems.append(f"finetune.rescaling: {cfg.finetune.rescaling} rescales the neurons of a "
+                        f"ReLU trunk (model.kind relu), not kind {cfg.model.kind!r}"
+                        + ("; for a deep trunk pass FinetuneModule(rescale=...) a callable"
+                           if deep else ""))
     if not deep:
         if cfg.model.trunk_args:
             problems.append(f"model.trunk_args: only for the deep kinds ({kinds}); kind "

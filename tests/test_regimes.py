@@ -138,3 +138,57 @@ def test_pretrain_lock_serialises_workers_on_the_same_key(tmp_path):
     with store.locked([]):  # no keys, no files
         pass
     store.check()  # lock files are not mistaken for checkpoints
+
+
+@pytest.mark.parametrize("method", ["enorm", "path_conditioned"])
+def test_ptft_rescaling_preserves_the_pretrained_function_and_moves_the_laws(method):
+    """finetune.rescaling: each member's pretrained trunk and heads are rescaled neuron by neuron
+    before c — the auxiliary predictions stay (function-preserving), the conserved h_j change
+    (ENorm: to ≈ 0), and c then multiplies the rescaled trunk."""
+    from mtl_lab.analysis.symmetry import conservation_values
+
+    cfg = validate_config(tiny_raw(**{"training.max_steps": 300, "model.bias": True,
+                                      "finetune.rescaling": method}))
+    store = PretrainStore(None)
+    ctx = GroupContext(cfg, progress=False, pretrain_store=store)
+    members = _members(cfg, ns=(8, 32), rescale=1.0, head_init_scale=1e-3)
+    members[1].rescale = 0.5
+    net, _ = finetune_start(members, ctx)
+    pretrained, _ = store.get(pretrain_key(ctx, members[0]))
+    x = members[0].data.x["aux_test"]
+    before = pretrained(x, "aux")[0]
+    torch.testing.assert_close(net(x, "aux")[0], before, rtol=1e-4, atol=1e-5)
+    h_before = conservation_values(pretrained)
+    h_after = conservation_values(net.select_members([0]))
+    moved = max(float((h_after[k] - h_before[k]).abs().max()) for k in h_before)
+    assert moved > 1e-3  # the rescaling changed the conserved quantities
+    if method == "enorm":
+        scale = max(float(v.abs().max()) for v in h_before.values())
+        assert all(float(v.abs().max()) < 1e-4 * scale for v in h_after.values())
+    for p_half, p_one in zip(net.trunk_parameters(), net.trunk_parameters()):
+        torch.testing.assert_close(p_half[1], 0.5 * p_one[0])  # then c, per member
+
+
+def test_rescaling_is_refused_off_relu_trunks_and_named_in_run_ids():
+    from mtl_lab.config import ConfigError
+    from mtl_lab.sweeps.plan import run_config
+
+    diag = tiny_raw(**{"finetune.rescaling": "enorm"})
+    diag["model"] = {"kind": "diagonal"}
+    diag["task"] = {"family": "sparse_linear", "params": {"d": 20, "k_aux": 4, "k_main": 4,
+                                                          "overlap": 2, "n_aux": 32}}
+    with pytest.raises(ConfigError, match="finetune.rescaling: enorm rescales the neurons"):
+        validate_config(diag)
+    with pytest.raises(ConfigError, match="finetune.rescaling"):
+        validate_config(tiny_raw(**{"finetune.rescaling": "sideways"}))
+    plain = run_config(validate_config(tiny_raw()))
+    assert "rescaling" not in plain["finetune"]  # run ids of existing runs unchanged
+    assert run_config(validate_config(tiny_raw(**{"finetune.rescaling": "enorm"})))[
+        "finetune"]["rescaling"] == "enorm"
+
+
+def test_the_config_names_the_symmetry_rescalings():
+    from mtl_lab.config import RESCALING_METHODS
+    from mtl_lab.symmetry import METHODS
+
+    assert set(RESCALING_METHODS) == set(METHODS)

@@ -78,6 +78,11 @@ def row_gamma(row: dict[str, Any]) -> float:
                            row["config.finetune.rescale"], bool(follows))
 
 
+def _text(value: Any, default: str) -> str:
+    """A string config value of a results row (absent or NaN in rows that predate it)."""
+    return value if isinstance(value, str) else default
+
+
 def starting_network(row: dict[str, Any], pretrained: SharedTrunkNetwork | None,
                      in_dim: int) -> SharedTrunkNetwork | None:
     """Rebuild where the run's gradient training started (deterministic from its config)."""
@@ -92,7 +97,7 @@ def starting_network(row: dict[str, Any], pretrained: SharedTrunkNetwork | None,
             return None
         start = pretrained.select_members([0])
         prepare_finetune(start, [float(row["config.finetune.rescale"])], [row_gamma(row)],
-                         [seed])
+                         [seed], _text(row.get("config.finetune.rescaling"), "none"))
         return start
     return build_network(_model_config(row), in_dim, spec.heads, [seed])
 

@@ -104,6 +104,22 @@ def network_parts(net: SharedTrunkNetwork, member: int = 0
     raise TypeError(f"no plain-module form for {type(net).__name__}")
 
 
+@torch.no_grad()
+def set_network_parts(net: ReLUNetwork, member: int, trunk: MLPTrunk,
+                      heads: Mapping[str, nn.Linear]) -> None:
+    """Write a plain trunk and heads (e.g. rescaled copies from :func:`network_parts`) back into
+    member ``member`` of an engine ReLU network, in place: the inverse of :func:`network_parts`."""
+    if not isinstance(net, ReLUNetwork):
+        raise TypeError(f"only a ReLU network's members can be written, not {type(net).__name__}")
+    linears = [m for m in trunk.layers if isinstance(m, nn.Linear)]
+    for i, linear in enumerate(linears):
+        net.weights[i][member].copy_(linear.weight)
+        if net.biases:
+            net.biases[i][member].copy_(linear.bias)
+    for task, head in heads.items():
+        net.heads[task][member].copy_(head.weight[0])
+
+
 def build_trunk(spec: Mapping[str, Any]) -> nn.Module:
     """``{"class_path": "package.module.Class", "init_args": {...}}`` → an instance."""
     if not isinstance(spec, Mapping) or "class_path" not in spec:

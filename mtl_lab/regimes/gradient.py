@@ -90,15 +90,33 @@ def finetune_start(members: Sequence[Member], ctx: GroupContext
     """Pretrained trunks (one per member) × c, with a fresh main head of scale γ."""
     net, pt_summaries = pretrained_for(members, ctx)
     prepare_finetune(net, [m.rescale for m in members], [m.head_init_scale for m in members],
-                     [m.seed for m in members])
+                     [m.seed for m in members], ctx.cfg.finetune.rescaling)
     return net, pt_summaries
 
 
 def prepare_finetune(net: SharedTrunkNetwork, rescale: Sequence[float],
-                     head_scale: Sequence[float], seeds: Sequence[int]) -> None:
-    """θ_trunk ← c·θ_trunk and a fresh main head of scale γ, per member (in place)."""
+                     head_scale: Sequence[float], seeds: Sequence[int],
+                     rescaling: str = "none") -> None:
+    """Per member, in place: the pretrained network rescaled neuron by neuron (``rescaling``:
+    ``enorm`` or ``path_conditioned``, function-preserving, against the pretrained heads), then
+    θ_trunk ← c·θ_trunk and a fresh main head of scale γ."""
+    if rescaling != "none":
+        rescale_members(net, rescaling)
     net.rescale_trunk(torch.tensor(rescale, dtype=torch.float32))
     net.add_head("main", torch.tensor(head_scale, dtype=torch.float32), seeds)
+
+
+def rescale_members(net: SharedTrunkNetwork, method: str) -> None:
+    """Apply a :mod:`mtl_lab.symmetry` rescaling to every member of a ReLU network (in place):
+    each member as a plain trunk and heads, rescaled in float64, written back."""
+    from mtl_lab.modules.trunks import network_parts, set_network_parts
+    from mtl_lab.symmetry import Rescaling
+
+    spec = Rescaling(method)
+    for k in range(net.ensemble_size):
+        trunk, heads = network_parts(net, k)
+        spec(trunk, heads)
+        set_network_parts(net, k, trunk, heads)
 
 
 def _train_finetune(members: Sequence[Member], ctx: GroupContext, spec: RegimeSpec

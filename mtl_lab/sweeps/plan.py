@@ -33,6 +33,8 @@ def run_config(cfg: ComparisonConfig) -> dict:
         dumped["mtl"].pop("options")
     if not dumped["finetune"]["gamma_follows_rescale"]:  # likewise, when γ does not follow c
         dumped["finetune"].pop("gamma_follows_rescale")
+    if dumped["finetune"]["rescaling"] == "none":  # likewise, without a per-neuron rescaling
+        dumped["finetune"].pop("rescaling")
     if not dumped["model"]["trunk_args"]:  # likewise for the engine's networks (no deep trunk)
         dumped["model"].pop("trunk_args")
     for key, default in LIGHTNING_DEFAULTS.items():  # likewise at Lightning's defaults
