@@ -121,10 +121,13 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _cmd_families(args: argparse.Namespace) -> int:
     import tasks
+    from tasks.class_split import ClassSplitParams
 
     for name in tasks.list_families():
         fields = tasks.get_family(name).params_model.model_fields
         print(f"{name}: {', '.join(fields)}")
+    print(f"class_split (real images; model.kind resnet or vit): "
+          f"{', '.join(ClassSplitParams.model_fields)}")
     return 0
 
 

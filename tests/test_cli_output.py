@@ -172,3 +172,12 @@ def test_help_config_and_validation_do_not_load_torch(argv):
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                           text=True, timeout=60)
     assert "HEAVY []" in done.stderr, done.stderr[-2000:]
+
+
+def test_families_lists_the_real_data_family(capsys):
+    from mtl_lab.cli import main
+
+    assert main(["families"]) == 0
+    out = capsys.readouterr().out
+    assert "relu_units:" in out and "sparse_linear:" in out
+    assert "class_split (real images; model.kind resnet or vit): source, n_main" in out
