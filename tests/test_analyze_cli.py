@@ -168,6 +168,13 @@ def test_summary_never_averages_two_task_settings():
     assert list(table["pr"]) == [0.5, 0.5]
 
 
+def test_summary_orders_swept_numbers_numerically():
+    rows = [{"run_id": f"w{w}", "regime": "mtl", "regime_label": "MTL", "n_main": 8, "seed": 0,
+             "config.model.width": w, "pr": float(w)} for w in (128, 2, 16, 4)]
+    table = summary_table(pd.DataFrame(rows))
+    assert list(table["pr"]) == [2.0, 4.0, 16.0, 128.0]  # not "128" < "16" < "2" < "4"
+
+
 def test_diagnosis_calls_kernel_references_lazy_not_rich():
     from mtl_lab.analysis.diagnosis import diagnose
 

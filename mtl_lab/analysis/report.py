@@ -9,7 +9,7 @@ import pandas as pd
 from mtl_lab.analysis.diagnosis import diagnose
 from mtl_lab.analysis.figures import analysis_figures
 from mtl_lab.analysis.runs import analyze_run_dir
-from mtl_lab.tables import swept_columns
+from mtl_lab.tables import sort_key, swept_columns
 
 SUMMARY_COLUMNS = ["main_share_on_aux", "share_reused", "share_new", "cka_reference", "pr",
                    "weight_change", "conservation_drift", "path_norm_l1"]
@@ -22,7 +22,9 @@ def summary_table(analysis: pd.DataFrame) -> pd.DataFrame:
     varying = swept_columns(analysis)
     keys = analysis[varying].astype(str).rename(columns=lambda c: c.removeprefix("config."))
     frame = pd.concat([analysis[["regime_label", "n_main", *cols]], keys], axis=1)
-    return frame.groupby(["regime_label", *keys.columns, "n_main"], dropna=False)[cols].mean()
+    order = ["regime_label", *keys.columns, "n_main"]
+    frame = frame.sort_values(order, key=lambda column: column.map(sort_key))  # 2 < 12 < 128
+    return frame.groupby(order, dropna=False, sort=False)[cols].mean()
 
 
 def analyze(run_dir: str | Path, progress: bool = True) -> dict:
