@@ -24,7 +24,7 @@ from mtl_lab.sweeps.run import plan_sweep, run_sweep
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "configs" / "experiments"
 FINDINGS = ("diagonal_shared", "diagonal_nested", "relu_shared", "relu_nested",
-            "relu_correlation_magnitude", "init_scale", "width", "rescaling")
+            "relu_correlation_magnitude", "init_scale", "width", "rescaling", "width_reuse")
 QUICK_MAX_MEMBER_STEPS = 2_500_000  # full-batch budget × runs of a quick plan (a CPU's minutes)
 BEATS = 0.8  # a winner's mean test loss is at most this fraction of the loser's
 
