@@ -153,8 +153,13 @@ def test_ptft_rescaling_preserves_the_pretrained_function_and_moves_the_laws(met
     ctx = GroupContext(cfg, progress=False, pretrain_store=store)
     members = _members(cfg, ns=(8, 32), rescale=1.0, head_init_scale=1e-3)
     members[1].rescale = 0.5
-    net, _ = finetune_start(members, ctx)
+    net, summaries = finetune_start(members, ctx)
     pretrained, _ = store.get(pretrain_key(ctx, members[0]))
+    # the rows report h before the rescaling and where finetuning starts
+    assert summaries[0]["h_abs_max_pretrained"] == summaries[1]["h_abs_max_pretrained"] > 0
+    assert summaries[0]["h_abs_mean_start"] != summaries[0]["h_abs_mean_pretrained"]
+    if method == "enorm":  # balanced (up to the fresh main head's γ² = 1e-6 scale)
+        assert summaries[0]["h_abs_max_start"] < 1e-3 * summaries[0]["h_abs_max_pretrained"]
     x = members[0].data.x["aux_test"]
     before = pretrained(x, "aux")[0]
     torch.testing.assert_close(net(x, "aux")[0], before, rtol=1e-4, atol=1e-5)

@@ -89,9 +89,29 @@ def finetune_start(members: Sequence[Member], ctx: GroupContext
                    ) -> tuple[SharedTrunkNetwork, list[dict]]:
     """Pretrained trunks (one per member) × c, with a fresh main head of scale γ."""
     net, pt_summaries = pretrained_for(members, ctx)
+    before = neuron_balances(net)
     prepare_finetune(net, [m.rescale for m in members], [m.head_init_scale for m in members],
                      [m.seed for m in members], ctx.cfg.finetune.rescaling)
+    after = neuron_balances(net)
+    if before is not None:  # the conserved h_j before the rescaling and where finetuning starts
+        for summary, h0, h1 in zip(pt_summaries, before, after, strict=True):
+            summary.update(h_abs_mean_pretrained=float(h0.abs().mean()),
+                           h_abs_max_pretrained=float(h0.abs().max()),
+                           h_abs_mean_start=float(h1.abs().mean()),
+                           h_abs_max_start=float(h1.abs().max()))
     return net, pt_summaries
+
+
+def neuron_balances(net: SharedTrunkNetwork) -> list[torch.Tensor] | None:
+    """Per member, h_j = ‖in_j‖² − ‖out_j‖² of every hidden neuron of a ReLU network (all heads
+    count as outgoing weights; SCIENCE.md §6); None for other networks."""
+    from mtl_lab.models import ReLUNetwork
+    from mtl_lab.modules.trunks import network_parts
+    from mtl_lab.symmetry import neuron_balance
+
+    if not isinstance(net, ReLUNetwork):
+        return None
+    return [neuron_balance(*network_parts(net, k)) for k in range(net.ensemble_size)]
 
 
 def prepare_finetune(net: SharedTrunkNetwork, rescale: Sequence[float],
