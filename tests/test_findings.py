@@ -182,3 +182,22 @@ def test_the_width_file_crosses_the_input_dimension():
         widths.add(cfg.model.width)
     d = _paper_configs("width")[0].task.params["d"]
     assert min(widths) < d and d in widths and d + 4 in widths and max(widths) > d + 4
+
+
+def test_the_rescaling_quick_file_runs_and_reports_what_each_rescaling_did(tmp_path):
+    """configs/experiments/rescaling.quick.yaml as written (issue 13: the rescaling experiment
+    at quick scale in CI): every case trains, and the rows say how each rescaling moved the
+    conserved h_j — ENorm to ≈ 0, c = 1 not at all, the path-conditioned one and c ≠ 1 away."""
+    spec = yaml.safe_load(_paths("rescaling")[1].read_text())
+    spec["base"]["logging"] = {**spec["base"].get("logging", {}), "progress": False}
+    path = tmp_path / "rescaling.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    rows = run_sweep(path, tmp_path / "out", progress=False, jobs=2)
+    assert len(rows) == len(plan_sweep(path).runs) == 42
+    assert rows["test_loss_main"].notna().all() and rows["status"].ne("diverged").all()
+    ptft = rows[rows["regime"] == "ptft"].groupby("sweep.case")
+    before, start = ptft["h_abs_mean_pretrained"].mean(), ptft["h_abs_mean_start"].mean()
+    assert start["enorm"] < 1e-3 * before["enorm"]
+    assert start["c=1"] == pytest.approx(before["c=1"], rel=1e-2)
+    for case in ("path_conditioned", "c=0.1", "c=10"):
+        assert start[case] > 10 * before[case], case
