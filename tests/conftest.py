@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from mtl_lab.config import validate_config
+from mtl_lab.config import set_path, validate_config
 from mtl_lab.tracking import quiet_lightning
 
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -37,11 +37,7 @@ def tiny_raw(**changes) -> dict:
         "logging": {"progress": False},
     }
     for key, value in changes.items():
-        node = raw
-        *path, last = key.split(".")
-        for part in path:
-            node = node.setdefault(part, {})
-        node[last] = value
+        set_path(raw, key, value)
     return raw
 
 

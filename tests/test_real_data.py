@@ -22,6 +22,7 @@ from mtl_lab.config import (
     TRUNK_ARGS,
     ConfigError,
     dump_config,
+    set_path,
     validate_config,
 )
 from mtl_lab.modules.experiment import (
@@ -53,11 +54,7 @@ def deep_raw(**changes) -> dict:
                         "epochs": 2},
            "logging": {"progress": False, "csv": False}}
     for key, value in changes.items():
-        node = raw
-        *path, last = key.split(".")
-        for part in path:
-            node = node.setdefault(part, {})
-        node[last] = value
+        set_path(raw, key, value)
     return raw
 
 
