@@ -71,25 +71,22 @@ def shrunk(path: Path, out: Path, edit) -> Path:
 
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
-    """configs/experiments/digits_split.yaml at a reduced size: one seed, two n_main, 2 epochs."""
+    """configs/experiments/digits_split.yaml as written (issue 12: the quick real-data
+    experiment runs in CI): 2 seeds × 3 n_main × (STL, MTL, PT+FT at four c), ~30–70 s."""
     root = tmp_path_factory.mktemp("digits")
 
     def edit(spec):
-        base = spec["base"]
-        base.update(seeds=[0], n_main=[10, 40])
-        base["training"]["epochs"] = 2
-        base["pretraining"]["epochs"] = 2
-        base["logging"] = {"monitors": False, "progress": False}
+        spec["base"]["logging"] = {**spec["base"].get("logging", {}), "progress": False}
 
     sweep = shrunk(DIGITS, root / "digits.yaml", edit)
     out = root / "out"
-    return sweep, out, run_sweep(sweep, out, progress=False)
+    return sweep, out, run_sweep(sweep, out, progress=False, jobs=2)
 
 
 def test_digits_experiment_runs_end_to_end(digits_run):
     _, out, table = digits_run
     # per n_main: STL, MTL and PT+FT at each of the four c
-    assert len(table) == 2 * (2 + 4) and set(table["regime"]) == {"stl", "mtl", "ptft"}
+    assert len(table) == 2 * 3 * (2 + 4) and set(table["regime"]) == {"stl", "mtl", "ptft"}
     assert sorted(table["config.finetune.rescale"][table["regime"] == "ptft"].unique()) == [
         0.125, 0.5, 1.0, 2.0]
     for column in ("test_loss_main", "test_acc_main", "train_loss_main"):
@@ -115,8 +112,10 @@ def test_digits_experiment_runs_end_to_end(digits_run):
 def test_ptft_runs_share_one_pretraining(digits_run):
     _, out, table = digits_run
     ptft = table[table["regime"] == "ptft"]
-    assert ptft["pretrain_key"].nunique() == 1 and ptft["pretrain_train_loss"].nunique() == 1
-    assert len(list((out / "checkpoints").glob("deep-pretrain-*.ckpt"))) == 1
+    assert ptft.groupby("seed")["pretrain_key"].nunique().eq(1).all()  # one per seed
+    assert ptft.groupby("seed")["pretrain_train_loss"].nunique().eq(1).all()
+    assert ptft["pretrain_key"].nunique() == 2
+    assert len(list((out / "checkpoints").glob("deep-pretrain-*.ckpt"))) == 2
     # a rerun of the same file trains nothing and returns the same table
     again = run_sweep(digits_run[0], out, progress=False)
     pd.testing.assert_series_equal(again.set_index("run_id")["test_loss_main"].sort_index(),
@@ -142,12 +141,12 @@ def test_report_figures_from_a_results_table(digits_run, tmp_path):
                                       "pr_vs_rescale.png"]
     assert all(p.stat().st_size > 1000 for p in made)
     numbers = layer_table(table, "ensd")
-    assert len(numbers) == 2 * 4 * 5 and numbers["count"].eq(1).all()  # n_main × c × layers
+    assert len(numbers) == 3 * 4 * 5 and numbers["count"].eq(2).all()  # n_main × c × layers
     ptft = table[(table["regime"] == "ptft") & (table["n_main"] == 10)
                  & (table["config.finetune.rescale"] == 0.5)]
     cell = numbers[(numbers["n_main"] == 10) & (numbers["config.finetune.rescale"] == 0.5)
                    & (numbers["layer"] == "stage1")]
-    assert float(cell["mean"].iloc[0]) == pytest.approx(float(ptft["layer.stage1.ensd"].iloc[0]))
+    assert float(cell["mean"].iloc[0]) == pytest.approx(float(ptft["layer.stage1.ensd"].mean()))
 
 
 def test_mtl_lab_report_shows_the_real_data_figures(digits_run, capsys):
