@@ -28,6 +28,14 @@ def save_figure(fig, path: str | Path) -> Path:
     return path
 
 
+def loss_unit(results: pd.DataFrame) -> str:
+    """What a table's test losses measure: cross-entropy for the real-image (classification)
+    family, the mean squared error for the teacher–student ones."""
+    family = results.get("config.task.family")
+    classifying = family is not None and family.eq("class_split").any()
+    return "cross-entropy" if classifying else "MSE"
+
+
 def n_main_axis(ax, values) -> None:
     """A log₂ n_main axis ticked at the sizes actually run."""
     sizes = sorted({int(v) for v in values})
@@ -73,7 +81,8 @@ def comparison_figure(results: pd.DataFrame, metric: str = "test_loss_main",
                      spec.colour)
     n_main_axis(ax, results["n_main"])
     ax.set_yscale("log")
-    ax.set_ylabel(f"{metric.replace('_', ' ')} (MSE), mean ± s.e.m.")
+    unit = loss_unit(results) if "loss" in metric else "accuracy"
+    ax.set_ylabel(f"{metric.replace('_', ' ')} ({unit}), mean ± s.e.m.")
     seeds = int(stats["count"].max()) if len(stats) else 0
     subtitle = f"mean ± s.e.m. over {seeds} seed(s)"
     ax.set_title(f"{title}\n{subtitle}" if title else subtitle, fontsize=10)

@@ -362,3 +362,13 @@ def test_deep_groups_share_pretraining_per_seed_and_split_the_rest():
     groups = group_runs(runs_of(cfg))
     sizes = sorted((g[0].regime, len(g)) for g in groups)
     assert sizes == [("mtl", 1), ("mtl", 1), ("ptft", 2), ("ptlp", 2), ("stl", 1), ("stl", 1)]
+
+
+def test_loss_figures_name_cross_entropy_for_real_data(digits_run):
+    from mtl_lab.plots import comparison_figure, loss_unit
+
+    _, _, table = digits_run
+    assert loss_unit(table) == "cross-entropy"
+    assert loss_unit(pd.DataFrame({"config.task.family": ["relu_units"]})) == "MSE"
+    fig = comparison_figure(table)
+    assert "(cross-entropy)" in fig.axes[0].get_ylabel()

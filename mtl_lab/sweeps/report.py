@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from mtl_lab.flags import cell_mark, flag_legend_handles, flags_note, mark_flagged
-from mtl_lab.plots import n_main_axis
+from mtl_lab.plots import loss_unit, n_main_axis
 from mtl_lab.plots import pyplot as _pyplot
 from mtl_lab.plots import save_figure as _save
 from mtl_lab.regime_specs import REGIME_SPECS, colour_of, label_of
@@ -126,15 +126,15 @@ def _seed_stats(rows: pd.DataFrame, x: str, metric: str) -> pd.DataFrame:
     return rows.groupby(x)[metric].agg(["mean", "sem"]).sort_index()
 
 
-def _loss_axis(ax, metric: str) -> None:
-    """A log-scaled loss axis with grid."""
+def _loss_axis(ax, metric: str, unit: str = "MSE") -> None:
+    """A log-scaled loss axis with grid; ``unit``: what the loss measures (:func:`loss_unit`)."""
     ax.set_yscale("log")
     ax.grid(True, which="both", alpha=0.3)
     if metric.endswith(RELATIVE_SUFFIX):
         base = metric.removesuffix(RELATIVE_SUFFIX).replace("_", " ")
         ax.set_ylabel(f"{base} / STL's at the smallest n_main")
     else:
-        ax.set_ylabel(f"{metric.replace('_', ' ')} (MSE)")
+        ax.set_ylabel(f"{metric.replace('_', ' ')} ({unit})")
 
 
 
@@ -181,7 +181,7 @@ def loss_vs_n(results: pd.DataFrame, facet: str | None, path: str | Path,
         if predicted is not None:
             _draw_theory(ax, select(predicted, facet, value), "n_main", lines, theory)
         n_main_axis(ax, data["n_main"])
-        _loss_axis(ax, metric)
+        _loss_axis(ax, metric, loss_unit(results))
         ax.set_title(f"{short(facet)} = {fmt(value)}" if facet else "all runs")
     for ax in axes[0][1:]:
         ax.set_ylabel("")
