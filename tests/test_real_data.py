@@ -372,3 +372,10 @@ def test_loss_figures_name_cross_entropy_for_real_data(digits_run):
     assert loss_unit(pd.DataFrame({"config.task.family": ["relu_units"]})) == "MSE"
     fig = comparison_figure(table)
     assert "(cross-entropy)" in fig.axes[0].get_ylabel()
+
+
+def test_dry_run_states_a_deep_sweeps_cost_in_epochs(capsys):
+    assert main(["sweep", str(DIGITS), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "cost: 36 deep fits, 720 epochs of minibatches" in out  # 36 runs × 20 epochs
+    assert "plus 2 pretraining fit(s)" in out and "member gradient steps" not in out

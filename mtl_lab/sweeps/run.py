@@ -32,14 +32,33 @@ class SweepPlan:
         """Upper bound on gradient steps over all runs (restarts and pretraining excluded)."""
         return sum(r.cfg.training.max_steps for r in self.runs)
 
+    def cost_lines(self) -> list[str]:
+        """The cost bound in the units each kind of run trains in: full-batch steps for the
+        batched engine, epochs of minibatches for deep (Lightning) fits."""
+        engine = [r for r in self.runs if not r.cfg.deep]
+        deep = [r for r in self.runs if r.cfg.deep]
+        lines = []
+        if engine:
+            steps = sum(r.cfg.training.max_steps for r in engine)
+            lines.append(f"cost bound: ≤ {steps:,} member gradient steps (full-batch budget × "
+                         "runs, before early stopping)")
+        if deep:
+            epochs = sum(r.cfg.training.epochs for r in deep)
+            seeds = len({(r.seed, r.cfg.task.model_dump_json(), r.cfg.model.model_dump_json(),
+                          r.cfg.pretraining_or_training.model_dump_json()) for r in deep
+                         if REGIME_SPECS[r.regime].pretrained})  # what a pretraining depends on
+            lines.append(f"cost: {len(deep)} deep fits, {epochs:,} epochs of minibatches in all "
+                         f"(each fit also capped at training.max_steps), plus {seeds} "
+                         "pretraining fit(s) shared by the PT+FT/PT+LP runs")
+        return lines
+
     def describe(self, done: set[str] | frozenset = frozenset()) -> str:
         """A human-readable plan: counts, groups and the cost bound."""
         todo = [g for g in self.groups if any(r.run_id not in done for r in g)]
         finished = len(set(done) & {r.run_id for r in self.runs})
         lines = [f"sweep {self.spec.name!r}: {len(self.points)} point(s), {len(self.runs)} "
                  f"run(s) in {len(self.groups)} batched group(s); {finished} already finished",
-                 f"cost bound: ≤ {self.max_member_steps:,} member gradient steps "
-                 "(full-batch budget × runs, before early stopping)"]
+                 *self.cost_lines()]
         for g in todo[:20]:
             first = g[0]
             label = REGIME_SPECS[first.regime].label
