@@ -379,3 +379,11 @@ def test_dry_run_states_a_deep_sweeps_cost_in_epochs(capsys):
     out = capsys.readouterr().out
     assert "cost: 36 deep fits, 720 epochs of minibatches" in out  # 36 runs × 20 epochs
     assert "plus 2 pretraining fit(s)" in out and "member gradient steps" not in out
+
+
+def test_analyze_points_deep_folders_to_the_report(digits_run, capsys):
+    _, out, _ = digits_run
+    assert main(["analyze", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "holds deep runs (model.kind resnet)" in err and "mtl-lab report" in err
+    assert not (out / "analysis.parquet").exists()

@@ -233,6 +233,13 @@ def analyze_run_dir(out_dir: str | Path, thresholds: ReuseThresholds = DEFAULT_T
     if "task_params" not in results:
         raise ConfigError(f"{out_dir}/results.parquet was written by an older mtl-lab without "
                           "task parameters per run: rerun the comparison into a new folder")
+    kinds = set(results.get("config.model.kind", pd.Series(dtype=object)).dropna())
+    deep = sorted(kinds - {"relu", "diagonal"})
+    if deep:
+        raise ConfigError(f"{out_dir} holds deep runs (model.kind {', '.join(deep)}): analyze "
+                          "reads the engine's ReLU and diagonal networks; a deep run's layer-wise "
+                          "PR, ENSD and CKA are already in results.parquet (layer.* columns) and "
+                          f"drawn by `mtl-lab report {out_dir}`")
     missing = [r for r in results["run_id"]
                if not (out_dir / "checkpoints" / f"run-{r}.pt").is_file()]
     if missing:
