@@ -84,3 +84,13 @@ def test_thread_count_changes_no_result_and_no_run_id(tmp_path):
 def test_bad_thread_settings_are_refused(value):
     with pytest.raises(ConfigError, match="trainer.threads"):
         validate_config(tiny_raw(**{"trainer.threads": value}))
+
+
+@pytest.mark.parametrize("samples, busy", [
+    ([1, 0, 1, 1, 0], 1),  # a spinning process missed by two samples is still busy
+    ([0, 0, 1, 0, 0], 0),  # a process flickering through the run queue is not
+])
+def test_busy_cores_are_the_median_of_the_samples(monkeypatch, samples, busy):
+    seen = iter(samples)
+    monkeypatch.setattr(threads, "_running_now", lambda: next(seen))
+    assert threads.busy_elsewhere(samples=len(samples), gap_s=0.0) == busy

@@ -81,9 +81,11 @@ def _running_now() -> int | None:
     return max(0, running - own)
 
 
-def busy_elsewhere(samples: int = 3, gap_s: float = 0.002) -> int:
-    """Cores busy with other processes: the fewest runnable foreign threads over a few samples
-    (a process that merely flickers through the run queue is not counted)."""
+def busy_elsewhere(samples: int = 5, gap_s: float = 0.002) -> int:
+    """Cores busy with other processes: the median count of runnable foreign threads over a few
+    samples — a process that merely flickers through the run queue is not counted, and one that
+    spins is counted even if a single sample misses it (the minimum, used before, dropped a
+    spinning process whenever one sample caught it off the run queue)."""
     seen = []
     for i in range(samples):
         now = _running_now()
@@ -92,7 +94,7 @@ def busy_elsewhere(samples: int = 3, gap_s: float = 0.002) -> int:
         seen.append(now)
         if i + 1 < samples:
             time.sleep(gap_s)
-    return min(seen)
+    return sorted(seen)[(len(seen) - 1) // 2]
 
 
 def auto_threads(flops_per_step: float) -> int:
