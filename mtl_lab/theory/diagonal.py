@@ -500,6 +500,20 @@ def _group_parts(A_a: np.ndarray, A_m: np.ndarray, nu: np.ndarray
     return A_a.T @ nu[:ra], A_m.T @ nu[ra:]
 
 
+def _backtrack(phi, nu: np.ndarray, step: np.ndarray, value: float, decrement: float
+               ) -> tuple[float, float] | None:
+    """Armijo backtracking for a barrier's Newton step: ``(t, phi(nu + t step))`` for the first
+    ``t = 2^-k`` (k < 60) that decreases ``phi`` by a quarter of ``t`` × the squared decrement,
+    or None when no such ``t`` exists (rounding has eaten the decrease)."""
+    t = 1.0
+    for _ in range(60):
+        new = phi(nu + t * step)
+        if new <= value - 0.25 * t * decrement:
+            return t, new
+        t *= 0.5
+    return None
+
+
 def _barrier(A_a, b_a, A_m, b_m, rtol: float, max_iter: int
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, int]:
     """Log-barrier path on the dual cone program; returns ``(p_a, p_m, ν, t, iterations)``."""
@@ -534,15 +548,11 @@ def _barrier(A_a, b_a, A_m, b_m, rtol: float, max_iter: int
             iterations += 1
             if decrement / 2 <= 1e-9:  # centred: off-centre error ~ decrement / t in R
                 break
-            step_t = 1.0
-            for _ in range(60):
-                new = phi(nu + step_t * step)
-                if new <= value - 0.25 * step_t * decrement:
-                    break
-                step_t *= 0.5
-            else:  # no decrease measurable at this t (phi ~ t b^T nu has lost the digits)
+            found = _backtrack(phi, nu, step, value, decrement)
+            if found is None:  # no decrease measurable at this t (phi ~ t b^T nu lost the digits)
                 break
-            nu, value = nu + step_t * step, new
+            step_t, value = found
+            nu = nu + step_t * step
             if step_t < 1 and decrement < 1e-6:  # damped this close: rounding, not curvature
                 break
             if iterations >= max_iter:
@@ -696,15 +706,11 @@ def _fixed_partner(a: np.ndarray, A: np.ndarray, b: np.ndarray, rtol: float, max
             iterations += 1
             if decrement / 2 <= 1e-10:
                 break
-            step_t = 1.0
-            for _ in range(60):
-                new = phi(nu + step_t * step)
-                if new <= value - 0.25 * step_t * decrement:
-                    break
-                step_t *= 0.5
-            else:
+            found = _backtrack(phi, nu, step, value, decrement)
+            if found is None:
                 break
-            nu, value = nu + step_t * step, new
+            step_t, value = found
+            nu = nu + step_t * step
             if iterations >= max_iter:
                 raise NotConvergedError(f"MTL barrier: no convergence in {max_iter} iterations")
         s = A.T @ nu
