@@ -119,6 +119,18 @@ def test_path_conditioning_lowers_f_monotonically_to_a_stationary_point(arch):
     assert float(grad.abs().max()) < 1e-7
 
 
+@pytest.mark.parametrize("arch", ["15-40:1", "6-30:2,3 bias head_bias"])
+def test_one_hidden_layer_is_conditioned_exactly_in_one_sweep(arch):
+    """With one hidden layer the whole z is one block, and the block update is its exact
+    minimiser: after a single sweep the independently computed gradient of F vanishes."""
+    trunk, heads = Architecture.parse(arch).build(seed=3)
+    record = path_conditioned(trunk, heads, max_sweeps=1)
+    assert record.sweeps == 1
+    _, grad = _objective(trunk, heads, [2 * s for s in record.log_scales])
+    assert float(grad.abs().max()) < 1e-9
+    assert record.values[1] < record.values[0]
+
+
 @pytest.mark.parametrize("arch", ["3-4:1", "3-4-3:2,1 bias head_bias", "2-3-2-3:1,1 bias"])
 def test_one_pass_diagonal_equals_the_explicit_path_kernel_diagonal(arch):
     spec = Architecture.parse(arch)
