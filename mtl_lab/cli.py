@@ -134,13 +134,50 @@ def _cmd_families(args: argparse.Namespace) -> int:
 def _cmd_symmetry(args: argparse.Namespace) -> int:
     from mtl_lab.symmetry import Architecture, count_laws, known_laws
 
+    if args.arch.endswith((".yaml", ".yml")) or Path(args.arch).is_file():
+        return _count_config(args)
     arch = Architecture.parse(args.arch, bias=args.bias,
                               activation="linear" if args.linear else "relu")
-    result = count_laws(arch, seed=args.seed, tol=args.tol)
+    result = count_laws(arch, seed=args.seed, tol=args.tol, max_params=args.max_params)
     print(result.describe())
     if args.known:
         for name in known_laws(arch).names:
             print(f"  {name}")
+    return 0
+
+
+def _count_config(args: argparse.Namespace) -> int:
+    """``mtl-lab symmetry count CONFIG``: every fit the config trains (mtl_lab.symmetry.configs);
+    exit 2 when one of them is beyond the exact count's size limit (its closed form is printed)."""
+    from mtl_lab.symmetry import TooLarge, count_laws, fits_of, known_laws
+
+    if args.bias or args.linear:
+        raise InputError("--bias and --linear describe an ARCH string; a config's model block "
+                         "says whether the trunk has biases")
+    refused = []
+    for fit in fits_of(load_config(args.arch)):
+        if fit.arch is None:
+            print(f"{fit.label}: {fit.reason}")
+            continue
+        times = f" × {fit.blocks} independent blocks" if fit.blocks > 1 else ""
+        try:
+            result = count_laws(fit.arch, seed=args.seed, tol=args.tol,
+                                max_params=args.max_params)
+        except TooLarge as err:
+            refused.append(fit.label)
+            known = known_laws(fit.arch).count
+            print(f"{fit.label}: not counted — {err}; closed form: {known * fit.blocks} laws")
+            continue
+        print(f"{fit.label}{times}: {result.describe()}")
+        if fit.blocks > 1:
+            print(f"  → {result.laws * fit.blocks} conservation laws in all")
+        if args.known:
+            for name in known_laws(fit.arch).names:
+                print(f"  {name}")
+    if refused:
+        print(f"error: {', '.join(refused)}: too large for the exact count (shrink model.width "
+              "or task.params.d in a copy of the config, or raise --max-params)", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -202,12 +239,14 @@ def build_parser() -> argparse.ArgumentParser:
                              "flow for an architecture (D − dim Lie(W) at a random point)")
     cnt.add_argument("arch", help="IN-H1-…-HL:K1,K2 — input size, hidden widths, head output "
                      "sizes (e.g. '15-8-8:2,1'); may end with the words 'bias', 'head_bias', "
-                     "'linear'")
+                     "'linear' — or a comparison config (.yaml): every network it trains")
     cnt.add_argument("--bias", action="store_true", help="trunk biases")
     cnt.add_argument("--linear", action="store_true", help="linear activations (deep linear net)")
     cnt.add_argument("--seed", type=int, default=0, help="seed of the random point θ")
     cnt.add_argument("--tol", type=float, default=1e-8, help="rank tolerance (unit vectors)")
     cnt.add_argument("--known", action="store_true", help="also list the closed-form laws")
+    cnt.add_argument("--max-params", type=int, default=256,
+                     help="refuse networks with more parameters (the cost grows ~D³)")
     cnt.set_defaults(func=_cmd_symmetry)
     return parser
 

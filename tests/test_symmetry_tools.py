@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -323,3 +324,63 @@ def test_mtl_lab_symmetry_count_prints_the_count_and_refuses_clearly(capsys):
     assert "cannot read the architecture" in capsys.readouterr().err
     assert main(["symmetry", "count", "50-50-50:1"]) == 2
     assert "limited to D ≤ 256" in capsys.readouterr().err
+
+
+def _write_config(tmp_path, model: dict, task: dict, regimes=("stl", "mtl", "ptft", "ptlp")):
+    import yaml
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"regimes": list(regimes), "seeds": [0], "n_main": [8],
+                                    "task": task, "model": model}))
+    return path
+
+
+RELU_TASK = {"family": "relu_units",
+             "params": {"d": 4, "m_aux": 2, "m_main": 1, "n_aux": 16, "correlation": 1.0}}
+DIAGONAL_TASK = {"family": "sparse_linear",
+                 "params": {"d": 5, "k_aux": 2, "k_main": 2, "n_aux": 16, "overlap": 1}}
+
+
+def test_a_configs_fits_are_the_networks_its_regimes_train(tmp_path):
+    from mtl_lab.config import load_config
+    from mtl_lab.symmetry import fits_of
+
+    relu = fits_of(load_config(_write_config(tmp_path, {"width": 3, "depth": 2, "bias": True},
+                                             RELU_TASK)))
+    assert [(f.label, str(f.arch) if f.arch else None, f.blocks) for f in relu] == [
+        ("STL", "4-3-3:1 bias", 1), ("MTL", "4-3-3:1,1 bias", 1),
+        ("pretraining", "4-3-3:1 bias", 1), ("PT+FT", "4-3-3:1 bias", 1), ("PT+LP", None, 1)]
+    assert "head" in relu[-1].reason
+    diagonal = fits_of(load_config(_write_config(tmp_path, {"kind": "diagonal"}, DIAGONAL_TASK)))
+    assert {(str(f.arch), f.blocks) for f in diagonal if f.arch} == {
+        ("1-1:1 linear", 10), ("1-1:1,1 linear", 10)}  # 2d chains w → (v^t)_t, d = 5
+    # one law per chain (w² − Σ_t (v^t)²): the diagonal network has 2d in all
+    assert {count_laws(f.arch).laws * f.blocks for f in diagonal if f.arch} == {10}
+
+
+def test_symmetry_count_of_a_config_counts_each_fit_or_refuses_clearly(tmp_path, capsys):
+    from mtl_lab.cli import main
+
+    small = _write_config(tmp_path, {"width": 3, "bias": True}, RELU_TASK)
+    assert main(["symmetry", "count", str(small)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("3 independent conservation laws") == 4  # STL, MTL, pretraining, PT+FT
+    assert "PT+LP: trains only its head" in out
+    assert main(["symmetry", "count", str(small), "--bias"]) == 2
+    assert "--bias and --linear describe an ARCH" in capsys.readouterr().err
+    # the lab's default width: every fit refused, with its closed form, and exit 2
+    wide = _write_config(tmp_path, {"width": 64}, RELU_TASK, regimes=("stl",))
+    assert main(["symmetry", "count", str(wide)]) == 2
+    captured = capsys.readouterr()
+    assert "STL: not counted" in captured.out and "closed form: 64 laws" in captured.out
+    assert "too large for the exact count" in captured.err
+    assert main(["symmetry", "count", str(small), "--max-params", "17"]) == 2  # D = 18
+    assert "limited to D ≤ 17" in capsys.readouterr().out
+    import yaml
+
+    sweep = Path(__file__).parents[1] / "configs" / "experiments" / "digits_split.yaml"
+    deep = tmp_path / "deep.yaml"  # the sweep's base: a ResNet on digits
+    deep.write_text(yaml.safe_dump(yaml.safe_load(sweep.read_text())["base"]))
+    assert main(["symmetry", "count", str(deep)]) == 2
+    assert "model.kind 'resnet'" in capsys.readouterr().err
+    assert main(["symmetry", "count", str(tmp_path / "missing.yaml")]) == 2

@@ -10,6 +10,8 @@ laws.
   named callable for ``FinetuneModule(rescale=...)``.
 * :mod:`.laws` — :func:`count_laws` (D − dim Lie(W)(θ) at a random point) and
   :func:`known_laws`.
+* :mod:`.configs` — :func:`fits_of`: the networks a comparison config trains, to count their laws
+  (``mtl-lab symmetry count CONFIG.yaml``).
 
 Example:
     >>> arch = Architecture.parse("2-3:1")
@@ -18,6 +20,7 @@ Example:
     (3, 3)
 """
 
+from mtl_lab.symmetry.configs import Fit, fits_of
 from mtl_lab.symmetry.laws import KnownLaws, LawCount, count_laws, known_laws, lifting
 from mtl_lab.symmetry.mlp import MLP, Architecture, NotAnMLP, TooLarge
 from mtl_lab.symmetry.rescaling import (
@@ -36,6 +39,7 @@ __all__ = [
     "METHODS",
     "MLP",
     "Architecture",
+    "Fit",
     "KnownLaws",
     "LawCount",
     "NotAnMLP",
@@ -46,6 +50,7 @@ __all__ = [
     "balanced_then_c",
     "count_laws",
     "enorm",
+    "fits_of",
     "known_laws",
     "lifting",
     "neuron_balance",

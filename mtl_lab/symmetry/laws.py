@@ -334,7 +334,7 @@ def count_laws(arch: Architecture | str, seed: int = 0, tol: float = 1e-8,
     if dim > max_params or coords > max_coordinates:
         raise TooLarge(f"{arch}: D = {dim} parameters and P = {coords} lifting coordinates; the "
                        f"exact count is limited to D ≤ {max_params} and P ≤ {max_coordinates} "
-                       "(raise max_params / max_coordinates at your own cost)")
+                       "(raise max_params — `--max-params` — or max_coordinates at your own cost)")
     if theta is None:
         g = torch.Generator().manual_seed(seed)
         theta = torch.randn(dim, generator=g, dtype=torch.float64)
