@@ -384,3 +384,17 @@ def test_symmetry_count_of_a_config_counts_each_fit_or_refuses_clearly(tmp_path,
     assert main(["symmetry", "count", str(deep)]) == 2
     assert "model.kind 'resnet'" in capsys.readouterr().err
     assert main(["symmetry", "count", str(tmp_path / "missing.yaml")]) == 2
+
+
+def test_rescaling_benchmark_agrees_with_the_plain_algorithm_and_fails_when_empty(capsys):
+    """benchmarks/rescaling.py: the neuron-by-neuron plain algorithm and the library's
+    layer-block solver reach the same F; an empty comparison is a failure."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from rescaling import main as benchmark
+
+    assert benchmark(["--arch", "4-6-5:1,2 bias", "3-7:2"]) == 0
+    assert "verdict: PASS" in capsys.readouterr().out
+    assert benchmark(["--arch"]) == 1
+    assert "nothing compared" in capsys.readouterr().out
