@@ -286,6 +286,16 @@ class TrainerConfig(Strict):
 # Lightning's scale settings for deep trunks (``lightning.Trainer(devices=…, strategy=…,
 # precision=…)``), at their defaults; a run id leaves a default out.
 LIGHTNING_DEFAULTS: dict[str, Any] = {"devices": 1, "strategy": "auto", "precision": "32-true"}
+# Keys a run's id leaves out while they hold these values (sweeps.plan.run_config): each was added
+# after runs existed, and leaving it out at its default kept every earlier run id. The results
+# rows lack them too, so mtl_lab.results.read_results fills them back in ("section.key": value).
+OMITTED_AT_DEFAULT: dict[str, Any] = {
+    "mtl.options": {},
+    "finetune.gamma_follows_rescale": False,
+    "finetune.rescaling": "none",
+    "model.trunk_args": {},
+    **{f"trainer.{key}": value for key, value in LIGHTNING_DEFAULTS.items()},
+}
 
 
 class ComparisonConfig(Strict):

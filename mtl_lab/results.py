@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from mtl_lab.config import OMITTED_AT_DEFAULT
 from mtl_lab.errors import ConfigError
 
 RESULTS_FILE = "results.parquet"
@@ -27,10 +28,29 @@ def read_results(out_dir: str | Path) -> pd.DataFrame:
     if not path.exists():
         return pd.DataFrame()
     try:
-        return pd.read_parquet(path)
+        table = pd.read_parquet(path)
     except Exception as err:
         raise ConfigError(f"cannot read existing results {path}: {err}; move it away to start "
                           "afresh (nothing was overwritten)") from err
+    return with_omitted_defaults(table)
+
+
+def with_omitted_defaults(table: pd.DataFrame) -> pd.DataFrame:
+    """Rows whose run id left a key out at its default (:data:`~mtl_lab.config.OMITTED_AT_DEFAULT`)
+    get that default in the key's column, wherever other rows made the column exist: a sweep
+    over ``finetune.rescaling`` then reads ``none`` beside ``enorm``, not a missing value that
+    tables and figures would drop.
+
+    >>> t = pd.DataFrame({"config.finetune.rescaling": [None, "enorm"]})
+    >>> with_omitted_defaults(t)["config.finetune.rescaling"].tolist()
+    ['none', 'enorm']
+    """
+    filled = {}
+    for dotted, default in OMITTED_AT_DEFAULT.items():
+        column = f"config.{dotted}"
+        if column in table and not isinstance(default, dict) and table[column].isna().any():
+            filled[column] = table[column].astype(object).where(table[column].notna(), default)
+    return table.assign(**filled) if filled else table
 
 
 def uniform_columns(table: pd.DataFrame) -> pd.DataFrame:

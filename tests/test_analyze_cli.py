@@ -187,3 +187,27 @@ def test_diagnosis_calls_kernel_references_lazy_not_rich():
     labels = diagnose(pd.DataFrame(rows)).set_index("condition")["label"]
     assert labels["LP ridge"] == "lazy (kernel reference)"
     assert labels["STL"] == "rich"
+
+
+def test_diagnosis_keeps_rescalings_and_other_settings_apart():
+    """Runs of different per-neuron rescalings or task correlations are different conditions
+    (they were pooled under "PT+FT (c=1)"); a learning rate that only c = 10 uses is implied by
+    c and left out of the name; without an m_main axis S is NaN and the label says why."""
+    from mtl_lab.analysis.diagnosis import diagnose
+
+    rows = []
+    for rho in (1.0, 0.9):
+        for c, lr, method, share in [(1.0, 0.5, "none", 0.9), (1.0, 0.5, "enorm", 0.8),
+                                     (10.0, 0.005, "none", 0.3)]:
+            rows += [{"regime": "ptft", "regime_label": "PT+FT", "n_main": n,
+                      "config.finetune.rescale": c, "config.finetune.rescaling": method,
+                      "config.training.lr": lr, "config.task.params.correlation": rho,
+                      "test_loss_main": 0.1, "null_loss_main": 1.0, "main_share_on_aux": share}
+                     for n in (16, 64)]
+    table = diagnose(pd.DataFrame(rows)).set_index("condition")
+    assert len(table) == 6 and set(table["runs"]) == {2}
+    assert table.loc["PT+FT (c=1, rescaling=enorm, correlation=0.9)", "reuse"] == 0.8
+    assert table.loc["PT+FT (c=10, rescaling=none, correlation=1)", "label"] == "rich"
+    assert table.loc["PT+FT (c=1, rescaling=none, correlation=1)", "label"].startswith(
+        "reuses (lazy or nested")
+    assert table["sparsity_dependence"].isna().all()

@@ -201,3 +201,10 @@ def test_the_rescaling_quick_file_runs_and_reports_what_each_rescaling_did(tmp_p
     assert start["c=1"] == pytest.approx(before["c=1"], rel=1e-2)
     for case in ("path_conditioned", "c=0.1", "c=10"):
         assert start[case] > 10 * before[case], case
+    # the report draws one line per case: the runs without a per-neuron rescaling read as
+    # rescaling=none (their run ids leave the key out), not as missing values dropped
+    from mtl_lab.results import read_results
+    from mtl_lab.tables import series
+
+    lines = [s.label for s in series(read_results(tmp_path / "out")) if s.regime == "PT+FT"]
+    assert len(lines) == 5 and sum("rescaling=none" in label for label in lines) == 3, lines

@@ -22,6 +22,12 @@ The rule (thresholds in :class:`DiagnosisRule`):
 
 The ridge references (LP ridge, NTK ridge) regress on frozen features: they are lazy by
 construction and are labelled so, not judged by the rule (they have no reuse measure).
+
+A condition is a regime with its finetuning values (c always, and every other ``finetune.*``
+key that varies, e.g. ``rescaling``) and any other swept setting that varies within that regime's
+runs (a task's correlation, a learning rate): runs of different settings are never pooled. When
+the main tasks do not vary in k_main or m_main, S cannot be measured: reuse still separates rich
+from the rest, which is labelled "reuses (lazy or nested: sweep m_main to tell)".
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import numpy as np
 import pandas as pd
 
 from mtl_lab.regime_specs import REGIME_SPECS
+from mtl_lab.tables import fmt, n_values, short, swept_columns
 
 SPARSITY_COLUMNS = ("config.task.params.k_main", "config.task.params.m_main")
 
@@ -60,11 +67,34 @@ def sparsity_column(analysis: pd.DataFrame) -> str:
                      "(run a sweep over them into one folder: `mtl-lab sweep`)")
 
 
-def _condition(row: pd.Series) -> str:
-    label = row["regime_label"]
-    if REGIME_SPECS[row["regime"]].finetunes:
-        label += f" (c={row['config.finetune.rescale']:g})"
-    return label
+def _rank(column: str) -> int:
+    """finetune values first, then the task's, then the rest (training, model)."""
+    return 0 if column.startswith("config.finetune.") else 1 if column.startswith("config.task.") else 2
+
+
+def conditions(analysis: pd.DataFrame, exclude=()) -> pd.Series:
+    """The condition of every run (module docstring), e.g. ``PT+FT (c=1, rescaling=enorm,
+    correlation=0.9)``. Columns in ``exclude`` (the sparsity axis) are not part of it, nor is a
+    column that the ones before it determine (c = 10's learning rate 0.005 when only c = 10 has
+    it: the condition reads ``c=10``, not ``c=10, lr=0.005``)."""
+    swept = sorted((c for c in swept_columns(analysis) if c not in set(exclude)), key=_rank)
+    out = pd.Series("", index=analysis.index, dtype=object)
+    for label, rows in analysis.groupby("regime_label", sort=False):
+        keep: list[str] = []
+        if REGIME_SPECS[rows["regime"].iloc[0]].finetunes and "config.finetune.rescale" in rows:
+            keep.append("config.finetune.rescale")
+        for column in swept:
+            if column in keep or n_values(rows[column]) < 2:
+                continue
+            keys = rows[keep].astype(str) if keep else pd.Series(0, index=rows.index)
+            determined = keep and rows[column].astype(str).groupby(
+                [keys[c] for c in keep]).nunique().max() < 2
+            if not determined:
+                keep.append(column)
+        for index, values in zip(rows.index, rows[keep].itertuples(index=False), strict=True):
+            parts = ", ".join(f"{short(c)}={fmt(v)}" for c, v in zip(keep, values, strict=True))
+            out[index] = f"{label} ({parts})" if parts else label
+    return out
 
 
 def sparsity_dependence(runs: pd.DataFrame, column: str, solved_fraction: float = 1e-3
@@ -84,12 +114,17 @@ def sparsity_dependence(runs: pd.DataFrame, column: str, solved_fraction: float 
 
 
 def diagnose(analysis: pd.DataFrame, rule: DiagnosisRule = DiagnosisRule()) -> pd.DataFrame:
-    """One row per condition: label, S, U and the losses behind them."""
-    column = sparsity_column(analysis)
-    frame = analysis.assign(condition=analysis.apply(_condition, axis=1))
+    """One row per condition: label, S, U and the losses behind them (S is NaN, and the label
+    says so, when k_main / m_main does not vary)."""
+    try:
+        column = sparsity_column(analysis)
+    except ValueError:
+        column = None
+    frame = analysis.assign(condition=conditions(analysis, exclude=[column] if column else []))
     rows = []
     for condition, runs in frame.groupby("condition", sort=False):
-        s, evidence = sparsity_dependence(runs, column, rule.solved_fraction)
+        s, evidence = (sparsity_dependence(runs, column, rule.solved_fraction) if column
+                       else (float("nan"), {}))
         spec = REGIME_SPECS[runs["regime"].iloc[0]]
         reuse = 0.0 if not spec.sees_aux else float(  # nothing auxiliary to reuse
             runs.get("main_share_on_aux", pd.Series([float("nan")])).mean())
@@ -99,6 +134,8 @@ def diagnose(analysis: pd.DataFrame, rule: DiagnosisRule = DiagnosisRule()) -> p
             label = "n/a (no reuse measure)"
         elif reuse < rule.reuse_threshold:
             label = "rich"
+        elif column is None:
+            label = "reuses (lazy or nested: sweep m_main to tell)"
         elif s >= rule.sensitivity_threshold:
             label = "nested feature selection"
         else:

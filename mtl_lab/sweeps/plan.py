@@ -17,7 +17,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from mtl_lab.config import LIGHTNING_DEFAULTS, ComparisonConfig, drop_member_knobs
+from mtl_lab.config import OMITTED_AT_DEFAULT, ComparisonConfig, drop_member_knobs
 from mtl_lab.regime_specs import REGIME_SPECS
 
 PER_RUN_KEYS = ("regimes", "seeds", "n_main", "name", "output_dir", "logging")
@@ -29,17 +29,10 @@ def run_config(cfg: ComparisonConfig) -> dict:
     dumped = cfg.model_dump(mode="json")
     for speed_only in ("threads", "cuda_graphs"):  # how fast, not what: results do not change
         dumped["trainer"].pop(speed_only)
-    if not dumped["mtl"]["options"]:  # absent before weighting options existed: same run ids
-        dumped["mtl"].pop("options")
-    if not dumped["finetune"]["gamma_follows_rescale"]:  # likewise, when γ does not follow c
-        dumped["finetune"].pop("gamma_follows_rescale")
-    if dumped["finetune"]["rescaling"] == "none":  # likewise, without a per-neuron rescaling
-        dumped["finetune"].pop("rescaling")
-    if not dumped["model"]["trunk_args"]:  # likewise for the engine's networks (no deep trunk)
-        dumped["model"].pop("trunk_args")
-    for key, default in LIGHTNING_DEFAULTS.items():  # likewise at Lightning's defaults
-        if dumped["trainer"][key] == default:
-            dumped["trainer"].pop(key)
+    for dotted, default in OMITTED_AT_DEFAULT.items():  # keys added later: same run ids
+        section, key = dotted.split(".", 1)
+        if dumped[section][key] == default:
+            dumped[section].pop(key)
     return {k: v for k, v in dumped.items() if k not in PER_RUN_KEYS}
 
 
