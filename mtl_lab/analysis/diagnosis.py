@@ -69,7 +69,10 @@ def sparsity_column(analysis: pd.DataFrame) -> str:
 
 def _rank(column: str) -> int:
     """finetune values first, then the task's, then the rest (training, model)."""
-    return 0 if column.startswith("config.finetune.") else 1 if column.startswith("config.task.") else 2
+    for rank, prefix in enumerate(("config.finetune.", "config.task.")):
+        if column.startswith(prefix):
+            return rank
+    return 2
 
 
 def conditions(analysis: pd.DataFrame, exclude=()) -> pd.Series:
