@@ -181,3 +181,21 @@ def test_families_lists_the_real_data_family(capsys):
     out = capsys.readouterr().out
     assert "relu_units:" in out and "sparse_linear:" in out
     assert "class_split (real images; model.kind resnet or vit): source, n_main" in out
+
+
+def test_a_closed_pipe_ends_the_command_quietly():
+    """`mtl-lab … | head`: when the reader goes away the command stops with the shell's SIGPIPE
+    status and no traceback (the first line was read, then the pipe closed)."""
+    script = ("import sys, mtl_lab.cli as cli\n"
+              "def spam(args):\n"
+              "    for i in range(200000):\n"
+              "        print('line', i)\n"
+              "    return 0\n"
+              "cli._cmd_families = spam\n"
+              "sys.exit(cli.main(['families']))\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, cwd=Path(__file__).resolve().parents[1])
+    assert proc.stdout.readline() == b"line 0\n"
+    proc.stdout.close()
+    assert proc.wait(timeout=60) == 141
+    assert b"Traceback" not in proc.stderr.read()
