@@ -207,6 +207,10 @@ class MTLConfig(Strict):
 # Function-preserving rescalings applied to the pretrained network before PT+FT's factor c
 # (SCIENCE.md §6), implemented in mtl_lab.symmetry (its METHODS; a test keeps the two in step).
 RESCALING_METHODS = ("none", "enorm", "path_conditioned")
+# the model kinds each balancing method is defined for: the neurons of a ReLU MLP, and for ENorm
+# also the BatchNorm → ReLU → conv channels inside a ResNet's blocks (mtl_lab.symmetry.channels)
+RESCALING_KINDS: dict[str, tuple[str, ...]] = {"enorm": ("relu", "resnet"),
+                                               "path_conditioned": ("relu",)}
 
 
 class FinetuneConfig(Strict):
@@ -215,8 +219,9 @@ class FinetuneConfig(Strict):
     ``gamma_follows_rescale``: γ = c · ``head_init_scale`` instead of ``head_init_scale`` (the
     paper's nested-rescaling experiment pairs them: γ = c·10⁻³). ``rescaling``: a
     function-preserving per-neuron rescaling of the pretrained ReLU trunk and its heads before
-    the factor c — ``enorm`` (balance ‖in‖² and ‖out‖² per neuron) or ``path_conditioned``
-    (SCIENCE.md §6); ``none`` keeps the constant c alone."""
+    the factor c — ``enorm`` (balance ‖in‖² and ‖out‖² per neuron; on a ResNet, per BatchNorm
+    channel inside each block) or ``path_conditioned`` (SCIENCE.md §6; ReLU MLPs only,
+    :data:`RESCALING_KINDS`); ``none`` keeps the constant c alone."""
 
     head_init_scale: PositiveFloat = 1e-3
     rescale: PositiveFloat = 1.0
@@ -453,11 +458,13 @@ def _deep_problems(cfg: ComparisonConfig, raw: dict[str, Any]) -> list[str]:
     if real and not deep:
         problems.append(f"task.family: {cfg.task.family} holds images; it needs a deep trunk, "
                         f"model.kind one of {kinds}, not {cfg.model.kind!r}")
-    if cfg.finetune.rescaling != "none" and cfg.model.kind != "relu":
-        problems.append(f"finetune.rescaling: {cfg.finetune.rescaling} rescales the neurons of a "
-                        f"ReLU trunk (model.kind relu), not kind {cfg.model.kind!r}"
-                        + ("; for a deep trunk pass FinetuneModule(rescale=...) a callable"
-                           if deep else ""))
+    method = cfg.finetune.rescaling
+    if method != "none" and cfg.model.kind not in RESCALING_KINDS[method]:
+        where = " or ".join(RESCALING_KINDS[method])
+        problems.append(f"finetune.rescaling: {method} rescales the neurons of a ReLU trunk"
+                        + (" or the BatchNorm channels of a ResNet's blocks" if "resnet" in
+                           RESCALING_KINDS[method] else "")
+                        + f" (model.kind {where}), not kind {cfg.model.kind!r}")
     if not deep:
         if cfg.model.trunk_args:
             problems.append(f"model.trunk_args: only for the deep kinds ({kinds}); kind "

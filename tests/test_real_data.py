@@ -257,6 +257,33 @@ def test_same_config_and_seed_give_the_same_numbers():
                                                          ).metrics["test_loss_main"]
 
 
+def test_enorm_balances_a_pretrained_resnet_before_finetuning():
+    """finetune.rescaling: enorm on a ResNet (issue 13): the finetuning module starts from the
+    pretrained trunk with every BatchNorm → ReLU → conv channel balanced (h_c = 0) and the same
+    function, and so trains to other numbers than plain c = 1 from the same pretraining."""
+    from mtl_lab.modules import FinetuneModule
+    from mtl_lab.symmetry import Rescaling
+    from mtl_lab.symmetry.channels import channel_balance
+
+    reference = run_deep("ptft", 0, 10, validate_config(deep_raw()), DeepContext())
+    balanced = run_deep("ptft", 0, 10, validate_config(deep_raw(
+        **{"finetune.rescaling": "enorm"})), DeepContext())
+    assert "Rescaling('enorm')" in balanced.module.hparams["rescale"]
+    assert balanced.metrics["pretrain_train_loss"] == reference.metrics["pretrain_train_loss"]
+    assert balanced.metrics["test_loss_main"] != reference.metrics["test_loss_main"]
+    # the start of that finetuning, rebuilt from the pretrained module through the same hook
+    pretrained = reference.pretrained
+    assert float(channel_balance(pretrained.trunk).abs().max()) > 1e-2
+    start = FinetuneModule.from_pretrained(pretrained, "main", rescale=Rescaling("enorm"))
+    assert float(channel_balance(start.trunk).abs().max()) < 1e-5
+    images = torch.randn(4, *reference.data.input_shape)
+    pretrained.eval()
+    start.eval()
+    with torch.no_grad():
+        assert torch.allclose(start.trunk(images), pretrained.trunk(images), rtol=1e-4,
+                              atol=1e-5)
+
+
 def test_a_corrupt_pretrained_module_is_refused_before_compute(tmp_path):
     from mtl_lab.errors import CheckpointError
     from mtl_lab.sweeps.execute import preflight
@@ -287,6 +314,10 @@ def test_a_corrupt_pretrained_module_is_refused_before_compute(tmp_path):
     ({"task.params.colour": 1}, "task.params.colour", "unknown key"),
     ({"model.width": 64}, "model.width", "trunk_args"),
     ({"trainer.precision": "fp8"}, "trainer.precision", "bf16-mixed"),
+    ({"finetune.rescaling": "path_conditioned"}, "finetune.rescaling",
+     r"model.kind relu\), not kind 'resnet'"),
+    ({"model.kind": "vit", "model.trunk_args": {}, "finetune.rescaling": "enorm"},
+     "finetune.rescaling", "not kind 'vit'"),
 ])
 def test_bad_deep_configs_are_clear_errors(changes, key, message):
     with pytest.raises(ConfigError) as err:

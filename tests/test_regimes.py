@@ -193,7 +193,8 @@ def test_rescaling_is_refused_off_relu_trunks_and_named_in_run_ids():
 
 
 def test_the_config_names_the_symmetry_rescalings():
-    from mtl_lab.config import RESCALING_METHODS
+    from mtl_lab.config import RESCALING_KINDS, RESCALING_METHODS
     from mtl_lab.symmetry import METHODS
 
     assert set(RESCALING_METHODS) == set(METHODS)
+    assert set(RESCALING_KINDS) == set(METHODS) - {"none"}

@@ -398,3 +398,63 @@ def test_rescaling_benchmark_agrees_with_the_plain_algorithm_and_fails_when_empt
     assert "verdict: PASS" in capsys.readouterr().out
     assert benchmark(["--arch"]) == 1
     assert "nothing compared" in capsys.readouterr().out
+
+
+def _random_batchnorm(trunk: nn.Module, seed: int = 0) -> nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in trunk.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.copy_(torch.rand(m.num_features, generator=g) * 2.8 + 0.2)
+                m.bias.copy_(torch.randn(m.num_features, generator=g))
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g))
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+    return trunk
+
+
+def _both_modes(trunk: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Outputs in evaluation and in training mode, on copies (training mode would move the
+    running statistics)."""
+    with torch.no_grad():
+        return copy.deepcopy(trunk).eval()(x), copy.deepcopy(trunk).train()(x)
+
+
+def test_resnet_enorm_balances_every_block_channel_and_keeps_the_function():
+    from mtl_lab.models.resnet import ResNetTrunk
+    from mtl_lab.symmetry.channels import channel_balance, channel_interfaces
+
+    trunk = _random_batchnorm(ResNetTrunk(widths=(4, 8), blocks=(2, 1), seed=0))
+    assert [f.name for f in channel_interfaces(trunk)] == ["stage1.0", "stage1.1", "stage2.0"]
+    x = torch.randn(5, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    before = _both_modes(trunk, x)
+    h0 = channel_balance(trunk)
+    assert h0.numel() == 4 + 4 + 8 and float(h0.abs().max()) > 0.5
+    record = Rescaling("enorm")(trunk, None)
+    assert record.method == "enorm" and record.values[1] < record.values[0]
+    assert float(channel_balance(trunk).abs().max()) < 1e-5 * float(h0.abs().max())
+    for old, new in zip(before, _both_modes(trunk, x), strict=True):
+        assert torch.allclose(new, old, rtol=1e-5, atol=1e-6)
+    with pytest.raises(NotAnMLP, match="path"):
+        Rescaling("path_conditioned")(trunk, None)
+
+
+def test_channel_enorm_refuses_a_block_it_would_change_and_restores_it():
+    from mtl_lab.symmetry.channels import channel_enorm
+
+    class NotReLU(nn.Module):  # bn1 → conv2 through tanh: not positively homogeneous
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.bn1 = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)
+            self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+
+        def forward(self, x):
+            return self.conv2(torch.tanh(self.bn1(self.conv1(x))))
+
+    block = _random_batchnorm(NotReLU())
+    state = {k: v.clone() for k, v in block.state_dict().items()}
+    with pytest.raises(NotAnMLP, match="changed the output"):
+        channel_enorm(block)
+    assert all(torch.equal(v, state[k]) for k, v in block.state_dict().items())
+    assert block.training  # its mode restored too
+    with pytest.raises(NotAnMLP, match="no BatchNorm"):
+        channel_enorm(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()))

@@ -71,6 +71,7 @@ from mtl_lab.modules.heads import TaskSpec
 from mtl_lab.modules.multitask import MultiTaskModule
 from mtl_lab.progress import tqdm
 from mtl_lab.regime_specs import REGIME_SPECS
+from mtl_lab.symmetry import Rescaling
 
 MODULE_FORMAT = "mtl-lab-module/1"
 EVAL_BATCH = 1024
@@ -545,8 +546,10 @@ def run_deep(regime: str, seed: int, n_main: int, cfg: ComparisonConfig,
     if spec.pretrained:
         pretrained, extra = pretrained_module(cfg, seed, data, ctx)
         train = "head" if spec.trains == "head" else cfg.finetune.train
+        rescale = (cfg.finetune.rescale if cfg.finetune.rescaling == "none"
+                   else Rescaling(cfg.finetune.rescaling, cfg.finetune.rescale))
         module: MultiTaskModule = FinetuneModule.from_pretrained(
-            pretrained, main, rescale=cfg.finetune.rescale, head_init_scale=cfg.finetune.gamma,
+            pretrained, main, rescale=rescale, head_init_scale=cfg.finetune.gamma,
             train=train, optimizer=optimizer_settings(recipe), seed=seed,
             threads=cfg.trainer.threads)
         parts = [(data.main_train, 0)]

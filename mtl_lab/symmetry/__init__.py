@@ -10,6 +10,8 @@ laws.
   named callable for ``FinetuneModule(rescale=...)``.
 * :mod:`.laws` — :func:`count_laws` (D − dim Lie(W)(θ) at a random point) and
   :func:`known_laws`.
+* :mod:`.channels` — ENorm across the BatchNorm → ReLU → conv channels of a ResNet's blocks
+  (what ``enorm`` does when the trunk is not an MLP).
 * :mod:`.configs` — :func:`fits_of`: the networks a comparison config trains, to count their laws
   (``mtl-lab symmetry count CONFIG.yaml``).
 

@@ -87,8 +87,9 @@ def _trunk_modules(trunk: nn.Module | Sequence[nn.Module]) -> list[nn.Module]:
     raise NotAnMLP(f"expected a ReLU MLP trunk (an nn.Sequential of nn.Linear + nn.ReLU, or a "
                    f"module holding one in .layers, such as MLPTrunk), got "
                    f"{type(trunk).__name__}: the rescaling symmetry and path-lifting of "
-                   "SCIENCE.md §6 are only implemented for that family (no ResNets, convolutions, "
-                   "normalisation or skip connections)")
+                   "SCIENCE.md §6 are only implemented for that family (no convolutions, "
+                   "normalisation or skip connections; ENorm alone also balances a BatchNorm "
+                   "ResNet's block channels, mtl_lab.symmetry.channels)")
 
 
 @dataclass

@@ -102,7 +102,8 @@ import torch
 from torch import Tensor, nn
 
 from mtl_lab.errors import InputError
-from mtl_lab.symmetry.mlp import MLP
+from mtl_lab.symmetry.channels import channel_enorm, channel_interfaces
+from mtl_lab.symmetry.mlp import MLP, NotAnMLP
 
 __all__ = [
     "METHODS",
@@ -221,8 +222,17 @@ def neuron_balance(trunk: nn.Module, heads: Heads = None) -> Tensor:
 def enorm(trunk: nn.Module, heads: Heads = None, sweeps: int = 100, tol: float = 1e-12
           ) -> RescaleRecord:
     """ENorm: balance ‖in_j‖² against ‖out_j‖² for every neuron (in place). See the module
-    docstring; neurons with a zero incoming or outgoing norm are left alone."""
-    net = MLP.of(trunk, heads)
+    docstring; neurons with a zero incoming or outgoing norm are left alone. A BatchNorm ResNet
+    trunk (not an MLP) is balanced across its BN → ReLU → conv channels instead
+    (:func:`~mtl_lab.symmetry.channels.channel_enorm`: one exact pass; the heads, which read the
+    residual stream, are not involved)."""
+    try:
+        net = MLP.of(trunk, heads)
+    except NotAnMLP:
+        if not (isinstance(trunk, nn.Module) and channel_interfaces(trunk)):
+            raise
+        logs, before, after, gap = channel_enorm(trunk)
+        return RescaleRecord("enorm", logs, [before, after], gap, 1, True)
     w, b, v, c = _squares(net)  # ENorm only needs θ²
     logs = [torch.zeros(width, dtype=torch.float64) for width in net.widths]
 
@@ -424,7 +434,8 @@ def balanced_then_c(trunk: nn.Module, heads: Heads, method: str, c: float = 1.0,
                     **options: object) -> RescaleRecord:
     """``METHODS[method](trunk, heads, **options)``, then every trunk parameter × c (PT+FT's
     constant rescale, SCIENCE.md §2; heads untouched). In place. ``method="none"`` accepts any
-    trunk (the constant alone); the balancing methods need a ReLU MLP (:class:`NotAnMLP`)."""
+    trunk (the constant alone); ``enorm`` a ReLU MLP or a BatchNorm ResNet, ``path_conditioned``
+    a ReLU MLP (:class:`NotAnMLP` otherwise)."""
     if method not in METHODS:
         raise InputError(f"unknown rescaling {method!r}; known: {sorted(METHODS)}")
     c = float(c)
