@@ -89,9 +89,8 @@ def conditions(analysis: pd.DataFrame, exclude=()) -> pd.Series:
         for column in swept:
             if column in keep or n_values(rows[column]) < 2:
                 continue
-            keys = rows[keep].astype(str) if keep else pd.Series(0, index=rows.index)
-            determined = keep and rows[column].astype(str).groupby(
-                [keys[c] for c in keep]).nunique().max() < 2
+            determined = bool(keep) and rows[column].astype(str).groupby(
+                [rows[c].astype(str) for c in keep]).nunique().max() < 2
             if not determined:
                 keep.append(column)
         for index, values in zip(rows.index, rows[keep].itertuples(index=False), strict=True):
