@@ -4,7 +4,7 @@ Each fit of a comparison trains a trunk and some heads by gradient flow: STL the
 main head, MTL the trunk and both heads, PT+FT a pretraining fit (trunk + auxiliary head) and then
 the finetuning fit (trunk + the fresh main head; the auxiliary head is not in the loss). Its
 conservation laws are those of that network, so :func:`fits_of` turns a config into one
-:class:`Fit` per distinct (fit, network):
+:class:`Fit` per fit (the pretraining once, however many pretrained regimes share it):
 
 * ``model.kind: relu`` — the MLP ``d-width^depth:1,…,1`` (one output per trained head; biases
   as ``model.bias``; heads without bias), counted by :func:`~mtl_lab.symmetry.laws.count_laws`
