@@ -208,3 +208,10 @@ def test_the_rescaling_quick_file_runs_and_reports_what_each_rescaling_did(tmp_p
 
     lines = [s.label for s in series(read_results(tmp_path / "out")) if s.regime == "PT+FT"]
     assert len(lines) == 5 and sum("rescaling=none" in label for label in lines) == 3, lines
+    # and shows what each rescaling did: steps to the threshold, |h| before and after
+    from mtl_lab.sweeps.report import write_report
+
+    page = write_report(read_results(tmp_path / "out"), tmp_path / "out").read_text()
+    for figure in ("steps_vs_n.png", "conserved.png"):
+        assert (tmp_path / "out" / "report" / "figures" / figure).stat().st_size > 10_000
+        assert f"figures/{figure}" in page

@@ -133,6 +133,8 @@ def _loss_axis(ax, metric: str, unit: str = "MSE") -> None:
     if metric.endswith(RELATIVE_SUFFIX):
         base = metric.removesuffix(RELATIVE_SUFFIX).replace("_", " ")
         ax.set_ylabel(f"{base} / STL's at the smallest n_main")
+    elif metric == "steps":
+        ax.set_ylabel("gradient steps to the loss threshold")
     else:
         ax.set_ylabel(f"{metric.replace('_', ' ')} ({unit})")
 
@@ -186,6 +188,45 @@ def loss_vs_n(results: pd.DataFrame, facet: str | None, path: str | Path,
     for ax in axes[0][1:]:
         ax.set_ylabel("")
     _legend(fig, axes, results)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+H_BEFORE, H_AFTER = "h_abs_mean_pretrained", "h_abs_mean_start"
+
+
+def conservation_figure(results: pd.DataFrame, facet: str | None, path: str | Path) -> Path:
+    """Mean |h_j| (h_j = ‖in_j‖² − ‖out_j‖², the conserved quantities of SCIENCE.md §6) of the
+    pretrained network and of the finetuning start, per PT+FT setting (mean over its runs): what
+    each rescaling did to the quantities that finetuning then conserves. A panel per facet."""
+    plt = _pyplot()
+    data = results[np.isfinite(pd.to_numeric(results.get(H_AFTER), errors="coerce")
+                               .astype(float))]
+    panels = sorted_values(data[facet]) if facet else [None]
+    lines = series(data, exclude={facet})
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.0 * len(panels) + 0.6, 3.8),
+                             sharey=True, squeeze=False)
+    for ax, value in zip(axes[0], panels):
+        part = select(data, facet, value)
+        for x, line in enumerate(lines):
+            rows = series_rows(part, line)
+            if rows.empty:
+                continue
+            before, after = float(rows[H_BEFORE].mean()), float(rows[H_AFTER].mean())
+            colour = _style(line)["color"]
+            ax.plot([x, x], [before, after], color=colour, linewidth=1.5)
+            ax.scatter([x], [before], color=colour, marker="o", facecolor="white", zorder=3,
+                       label="pretrained" if x == 0 else None)
+            ax.scatter([x], [after], color=colour, marker="v", zorder=3,
+                       label="where finetuning starts" if x == 0 else None)
+        names = [line.label.removeprefix(line.regime).strip(" ()") or line.label
+                 for line in lines]  # every line is PT+FT: its settings say which
+        ax.set_xticks(range(len(lines)), names, rotation=45, ha="right", fontsize=7)
+        ax.set_yscale("log")
+        ax.grid(True, which="both", axis="y", alpha=0.3)
+        ax.set_title(f"{short(facet)} = {fmt(value)}" if facet else "all runs")
+    axes[0][0].set_ylabel("PT+FT: mean |h_j| over hidden units")
+    _legend(fig, axes, data.iloc[0:0])
     fig.tight_layout()
     return _save(fig, path)
 
@@ -374,6 +415,7 @@ def write_report(results: pd.DataFrame, out_dir: str | Path, title: str = "Sweep
              _relative_item(results, facet, figures)]
     items += _ratio_items(results, facet, figures)
     items.append(_sparsity_item(results, axes, facet, figures))
+    items += _rescaling_items(results, facet, figures)
     items += _deep_items(results, figures)
     data = finite_rows(results)
     page = root / "index.html"
@@ -455,6 +497,24 @@ DEEP_CAPTIONS = {
     "pr_vs_rescale.png": "Real data: participation ratio of the finetuned network's features vs c, "
                          "one line per layer (finding 5: a collapse shows as a drop).",
 }
+
+
+def _rescaling_items(results: pd.DataFrame, facet: str | None, figures: Path) -> list[Item]:
+    """Where PT+FT rows report the conserved quantities (ReLU trunks): steps to the threshold vs
+    n_main, and |h| before and after the rescaling of the pretrained network."""
+    if H_AFTER not in results or not np.isfinite(
+            pd.to_numeric(results[H_AFTER], errors="coerce").astype(float)).any():
+        return []
+    loss_vs_n(results, facet, figures / "steps_vs_n.png", metric="steps")
+    conservation_figure(results, facet, figures / "conserved.png")
+    return [Item("Gradient steps to the loss threshold vs n_main, mean ± s.e.m. over seeds (a "
+                 "run stopped by the budget counts its budget)." + _FLAGS_CAPTION,
+                 "figures/steps_vs_n.png"),
+            Item("The conserved quantities h_j = ‖in_j‖² − ‖out_j‖² (SCIENCE.md §6), mean |h_j| "
+                 "over hidden units: of the pretrained network (circle) and where finetuning "
+                 "starts, after the setting's rescaling (triangle); mean over runs. ENorm sets "
+                 "them to 0, the constant c moves them because it scales the trunk and not the "
+                 "heads.", "figures/conserved.png")]
 
 
 def _deep_items(results: pd.DataFrame, figures: Path) -> list[Item]:
