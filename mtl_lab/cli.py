@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from mtl_lab.config import dump_config, load_config
+from mtl_lab.config import dump_config, load_config, read_yaml
 from mtl_lab.errors import InputError
 from mtl_lab.interrupts import as_interrupted, stop_on_signals
 from mtl_lab.regime_specs import REGIME_SPECS
@@ -148,26 +148,38 @@ def _cmd_symmetry(args: argparse.Namespace) -> int:
 
 
 def _count_config(args: argparse.Namespace) -> int:
-    """``mtl-lab symmetry count CONFIG``: every fit the config trains (mtl_lab.symmetry.configs);
-    exit 2 when one of them is beyond the exact count's size limit (its closed form is printed)."""
+    """``mtl-lab symmetry count CONFIG``: every fit the config trains (mtl_lab.symmetry.configs),
+    or every distinct one of a sweep file's points; exit 2 when one of them is beyond the exact
+    count's size limit (its closed form is printed)."""
     from mtl_lab.symmetry import TooLarge, count_laws, fits_of, known_laws
 
     if args.bias or args.linear:
         raise InputError("--bias and --linear describe an ARCH string; a config's model block "
                          "says whether the trunk has biases")
-    refused = []
-    for fit in fits_of(load_config(args.arch)):
+    if "base" in read_yaml(args.arch):  # a sweep file: the networks of all its points, once
+        from mtl_lab.sweeps.spec import load_sweep
+
+        configs = [point.cfg for point in load_sweep(args.arch)[1]]
+    else:
+        configs = [load_config(args.arch)]
+    refused: dict[str, None] = {}  # architectures, in order, once
+    counts: dict[object, object] = {}  # one count per architecture (STL and PT+FT share theirs)
+    for fit in dict.fromkeys(fit for cfg in configs for fit in fits_of(cfg)):
         if fit.arch is None:
             print(f"{fit.label}: {fit.reason}")
             continue
         times = f" × {fit.blocks} independent blocks" if fit.blocks > 1 else ""
-        try:
-            result = count_laws(fit.arch, seed=args.seed, tol=args.tol,
-                                max_params=args.max_params)
-        except TooLarge as err:
-            refused.append(fit.label)
+        if fit.arch not in counts:
+            try:
+                counts[fit.arch] = count_laws(fit.arch, seed=args.seed, tol=args.tol,
+                                              max_params=args.max_params)
+            except TooLarge as err:
+                counts[fit.arch] = err
+        result = counts[fit.arch]
+        if isinstance(result, TooLarge):
+            refused[str(fit.arch)] = None
             known = known_laws(fit.arch).count
-            print(f"{fit.label}: not counted — {err}; closed form: {known * fit.blocks} laws")
+            print(f"{fit.label}: not counted — {result}; closed form: {known * fit.blocks} laws")
             continue
         print(f"{fit.label}{times}: {result.describe()}")
         if fit.blocks > 1:
@@ -240,7 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "flow for an architecture (D − dim Lie(W) at a random point)")
     cnt.add_argument("arch", help="IN-H1-…-HL:K1,K2 — input size, hidden widths, head output "
                      "sizes (e.g. '15-8-8:2,1'); may end with the words 'bias', 'head_bias', "
-                     "'linear' — or a comparison config (.yaml): every network it trains")
+                     "'linear' — or a comparison config or sweep file (.yaml): every network "
+                     "it trains")
     cnt.add_argument("--bias", action="store_true", help="trunk biases")
     cnt.add_argument("--linear", action="store_true", help="linear activations (deep linear net)")
     cnt.add_argument("--seed", type=int, default=0, help="seed of the random point θ")

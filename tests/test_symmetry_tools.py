@@ -458,3 +458,21 @@ def test_channel_enorm_refuses_a_block_it_would_change_and_restores_it():
     assert block.training  # its mode restored too
     with pytest.raises(NotAnMLP, match="no BatchNorm"):
         channel_enorm(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()))
+
+
+def test_symmetry_count_of_a_sweep_file_counts_each_distinct_network_once(tmp_path, capsys):
+    import yaml
+
+    from mtl_lab.cli import main
+
+    sweep = tmp_path / "widths.yaml"
+    sweep.write_text(yaml.safe_dump({
+        "name": "widths", "axes": {"model.width": [2, 3]},
+        "base": {"regimes": ["stl", "ptft"], "seeds": [0, 1], "n_main": [8, 16],
+                 "task": RELU_TASK, "model": {"width": 2}}}))
+    assert main(["symmetry", "count", str(sweep)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    # per width: STL, the shared pretraining, PT+FT (seeds and n_main do not make new networks)
+    assert [line.split(":")[0] for line in out] == ["STL", "pretraining", "PT+FT"] * 2
+    assert sum("4-2:1: " in line and "2 independent" in line for line in out) == 3
+    assert sum("4-3:1: " in line and "3 independent" in line for line in out) == 3
