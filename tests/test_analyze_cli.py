@@ -211,3 +211,33 @@ def test_diagnosis_keeps_rescalings_and_other_settings_apart():
     assert table.loc["PT+FT (c=1, rescaling=none, correlation=1)", "label"].startswith(
         "reuses (lazy or nested")
     assert table["sparsity_dependence"].isna().all()
+
+
+def test_analysis_figures_keep_swept_settings_apart_and_draw_reuse_against_width(tmp_path):
+    """A sweep folder's figures: a line per condition (never a mean over a swept setting),
+    and when the width is swept, the reuse shares and PR against it."""
+    from mtl_lab.analysis.figures import analysis_figures, reuse_width_figure
+
+    rows = []
+    for regime, label in (("mtl", "MTL"), ("ptft", "PT+FT")):
+        for rho in (1.0, 0.9):
+            for width in (8, 64):
+                for seed in (0, 1):
+                    reused = 0.9 if rho == 1.0 else 0.3 + 0.001 * width
+                    rows.append({"run_id": f"{regime}{rho}{width}{seed}", "regime": regime,
+                                 "regime_label": label, "seed": seed, "n_main": 64,
+                                 "status": "converged", "config.task.params.correlation": rho,
+                                 "config.model.width": width, "share_reused": reused,
+                                 "share_modified": 0.0, "share_new": 1 - reused,
+                                 "share_unused": 0.0, "pr": 4.0 + rho})
+    analysis = pd.DataFrame(rows)
+    fig = metric_figure(analysis, ["pr"], "t")
+    labels = {t.get_text() for leg in fig.legends for t in leg.get_texts()}
+    assert "MTL (correlation=0.9, width=64)" in labels and len(labels) == 8
+    fig = reuse_width_figure(analysis)
+    assert len(fig.axes) == 4  # reused, modified, new, PR at the one n_main
+    drawn = {line.get_label(): list(line.get_ydata()) for line in fig.axes[0].get_lines()}
+    assert drawn["MTL (correlation=0.9)"] == pytest.approx([0.308, 0.364])
+    assert drawn["PT+FT (correlation=1)"] == pytest.approx([0.9, 0.9])
+    names = [p.name for p in analysis_figures(analysis, pd.DataFrame({"run_id": []}), tmp_path)]
+    assert "reuse_vs_width.png" in names

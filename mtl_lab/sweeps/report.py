@@ -192,6 +192,38 @@ def loss_vs_n(results: pd.DataFrame, facet: str | None, path: str | Path,
     return _save(fig, path)
 
 
+WIDTH = "config.model.width"
+WIDTH_METRICS = ("train_loss", METRIC)
+
+
+def loss_vs_width(results: pd.DataFrame, facet: str | None, path: str | Path) -> Path:
+    """Training loss (the fit's approximation error; MTL's is its joint objective) and main-task
+    test loss vs the trunk width (log–log), mean ± s.e.m. over seeds, a line per regime: a row
+    of panels per n_main (and per ``facet`` value), a column per loss."""
+    plt = _pyplot()
+    rows = [(value, n) for value in (sorted_values(results[facet]) if facet else [None])
+            for n in sorted_values(results["n_main"])]
+    lines = series(finite_rows(results), exclude={facet, WIDTH})
+    fig, axes = plt.subplots(len(rows), len(WIDTH_METRICS), squeeze=False, sharex=True,
+                             figsize=(3.8 * len(WIDTH_METRICS) + 0.6, 3.0 * len(rows) + 0.4))
+    widths = sorted_values(results[WIDTH])
+    for (value, n), panels in zip(rows, axes):
+        part = select(results[results["n_main"] == n], facet, value)
+        for ax, metric in zip(panels, WIDTH_METRICS):
+            _draw_lines(ax, finite_rows(part, metric), WIDTH, lines, metric, part)
+            ax.set_xscale("log")
+            ax.set_xticks(widths, [fmt(w) for w in widths])
+            ax.minorticks_off()
+            _loss_axis(ax, metric, loss_unit(results))
+            where = f"{short(facet)} = {fmt(value)}, " if facet else ""
+            ax.set_title(f"{where}n_main = {fmt(n)}", fontsize=9)
+    for ax in axes[-1]:
+        ax.set_xlabel("trunk width")
+    _legend(fig, axes, results)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 H_BEFORE, H_AFTER = "h_abs_mean_pretrained", "h_abs_mean_start"
 
 
@@ -416,6 +448,7 @@ def write_report(results: pd.DataFrame, out_dir: str | Path, title: str = "Sweep
     items += _ratio_items(results, facet, figures)
     items.append(_sparsity_item(results, axes, facet, figures))
     items += _rescaling_items(results, facet, figures)
+    items += _width_items(results, axes, figures)
     items += _deep_items(results, figures)
     data = finite_rows(results)
     page = root / "index.html"
@@ -497,6 +530,19 @@ DEEP_CAPTIONS = {
     "pr_vs_rescale.png": "Real data: participation ratio of the finetuned network's features vs c, "
                          "one line per layer (finding 5: a collapse shows as a drop).",
 }
+
+
+def _width_items(results: pd.DataFrame, axes: list[str], figures: Path) -> list[Item]:
+    """Where the trunk width is swept (SCIENCE.md §7): the losses vs width."""
+    if WIDTH not in axes or finite_rows(results).empty:
+        return []
+    facet = choose_facet([a for a in axes if a != WIDTH])
+    loss_vs_width(results, facet, figures / "loss_vs_width.png")
+    return [Item("Training loss (the approximation error of the fit; for MTL the joint objective "
+                 "of both tasks) and main-task test loss vs the trunk width, mean ± s.e.m. over "
+                 "seeds, a row per n_main" + (f" and {_name(facet)}" if facet else "") + ". A "
+                 "regime's training loss reaches the threshold from the width its features "
+                 "need." + _FLAGS_CAPTION, "figures/loss_vs_width.png")]
 
 
 def _rescaling_items(results: pd.DataFrame, facet: str | None, figures: Path) -> list[Item]:
