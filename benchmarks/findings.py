@@ -15,6 +15,15 @@ them); every finding whose sweep is there is checked on its mean test losses ove
    ``relu_nested``: PT+FT's dependence on m_main at c = 0.1 above c = 1 and c = 10.
 6. ``init_scale``: rich trunks (s = 1e-3) beat lazy ones (s = 1) for MTL and PT+FT at ρ = 1.
 
+And two of the symmetry studies (SCIENCE.md §6–7):
+
+* ``width``: the narrowest trunk whose mean training loss reaches ``FITS`` is wider for MTL (it
+  represents both tasks' features) than for STL (the main task's alone).
+* ``rescaling``: ENorm takes a pretraining from a small balanced initialisation to h ≈ 0 and
+  changes nothing else (mean |h_j| at the finetuning start below 10⁻³ of the pretrained one, and
+  the median ENorm / c = 1 test-loss ratio within 10 %); the path-conditioned rescaling's record
+  against c = 1 is printed beside it.
+
 Exit status 1 when a checked finding fails or when no sweep was found (an empty comparison).
 
     python benchmarks/findings.py runs/experiments
@@ -121,10 +130,42 @@ def finding_6(rows: pd.DataFrame) -> bool:
                        for r in ("stl", "mtl", "ptft")))
 
 
-def main() -> int:
+FITS = 1e-4  # a mean training loss below this: the trunk represents the task
+
+
+def narrowest_fit(rows: pd.DataFrame) -> dict[str, float]:
+    """Per regime, the smallest width whose mean training loss is below :data:`FITS`."""
+    loss = rows.groupby(["regime", "config.model.width"])["train_loss"].mean()
+    return {regime: min((w for w, v in part.droplevel(0).items() if v < FITS), default=math.inf)
+            for regime, part in loss.groupby(level=0)}
+
+
+def width_finding(rows: pd.DataFrame) -> bool:
+    fit = narrowest_fit(rows)
+    return verdict(fit.get("mtl", math.inf) > fit.get("stl", math.inf),
+                   "narrowest trunk that fits: " + ", ".join(f"{r} {w:g}"
+                                                             for r, w in sorted(fit.items())))
+
+
+def rescaling_finding(rows: pd.DataFrame) -> bool:
+    ptft = rows[rows["regime"] == "ptft"]
+    h = ptft.groupby("sweep.case")[["h_abs_mean_pretrained", "h_abs_mean_start"]].mean()
+    pairs = ptft.pivot_table(index=["config.task.params.correlation", "n_main", "seed"],
+                             columns="sweep.case", values=LOSS)
+    ratio = float((pairs["enorm"] / pairs["c=1"]).median())
+    wins = int((pairs["path_conditioned"] < pairs["c=1"]).sum())
+    print(f"  [info] path-conditioned below c = 1 in {wins} of {len(pairs)} (ρ, n_main, seed) "
+          f"pairs, median ratio {float((pairs['path_conditioned'] / pairs['c=1']).median()):.2f}")
+    start, before = h.loc["enorm", "h_abs_mean_start"], h.loc["enorm", "h_abs_mean_pretrained"]
+    return verdict(start < 1e-3 * before and abs(ratio - 1) < 0.1,
+                   f"ENorm: mean |h| {before:.2g} → {start:.2g}; median loss ratio to c = 1 "
+                   f"{ratio:.3f}")
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("root", type=Path, help="folder holding the experiment sweeps")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     sweeps = {}
     for path in sorted(args.root.iterdir()) if args.root.is_dir() else []:
         rows = read_results(path) if path.is_dir() else pd.DataFrame()
@@ -143,7 +184,11 @@ def main() -> int:
                lambda: finding_3(get("relu_shared"), get("relu_correlation_magnitude"))),
               ("4 rescaling c < 1 → nested regime", ["diagonal_nested", "relu_nested"],
                lambda: finding_4(get("diagonal_nested"), get("relu_nested"))),
-              ("rich vs lazy trunks", ["init_scale"], lambda: finding_6(get("init_scale")))]
+              ("rich vs lazy trunks", ["init_scale"], lambda: finding_6(get("init_scale"))),
+              ("width: MTL needs the union of both tasks' features", ["width"],
+               lambda: width_finding(get("width"))),
+              ("rescaling: ENorm keeps a balanced pretraining", ["rescaling"],
+               lambda: rescaling_finding(get("rescaling")))]
     results = []
     for title, needs, check in checks:
         if any(name in sweeps for name in needs):

@@ -215,3 +215,42 @@ def test_the_rescaling_quick_file_runs_and_reports_what_each_rescaling_did(tmp_p
     for figure in ("steps_vs_n.png", "conserved.png"):
         assert (tmp_path / "out" / "report" / "figures" / figure).stat().st_size > 10_000
         assert f"figures/{figure}" in page
+
+
+def test_the_findings_script_reads_the_symmetry_studies_and_fails_when_they_do_not_hold(
+        tmp_path, capsys):
+    """benchmarks/findings.py on synthetic width and rescaling tables: a verdict each, exit 1
+    when one fails, and an empty folder is a failure too."""
+    import sys
+
+    from mtl_lab.results import write_results
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from findings import main as findings
+
+    def width_rows(mtl_fits_from: int) -> pd.DataFrame:
+        return pd.DataFrame([{"regime": regime, "config.model.width": w, "seed": s,
+                              "test_loss_main": 0.1, "train_loss": 1e-8 if w >= fits else 0.1}
+                             for regime, fits in (("stl", 6), ("mtl", mtl_fits_from))
+                             for w in (4, 6, 12) for s in (0, 1)])
+
+    rescaling = pd.DataFrame([{"regime": "ptft", "sweep.case": case, "seed": s, "n_main": n,
+                               "config.task.params.correlation": 1.0,
+                               "test_loss_main": loss * (1 + 0.01 * s),
+                               "h_abs_mean_pretrained": 1e-4, "h_abs_mean_start": h}
+                              for case, loss, h in (("c=1", 0.1, 1e-4), ("enorm", 0.1, 1e-9),
+                                                    ("path_conditioned", 0.05, 1e-2))
+                              for s in (0, 1) for n in (16, 64)])
+    write_results(tmp_path / "good" / "width", width_rows(12))
+    write_results(tmp_path / "good" / "rescaling", rescaling)
+    assert findings([str(tmp_path / "good")]) == 0
+    out = capsys.readouterr().out
+    assert "narrowest trunk that fits: mtl 12, stl 6" in out
+    assert "path-conditioned below c = 1 in 4 of 4" in out and "2 of 2 findings" in out
+    write_results(tmp_path / "bad" / "width", width_rows(6))
+    write_results(tmp_path / "bad" / "rescaling",
+                  rescaling.assign(h_abs_mean_start=1e-4))  # ENorm that did nothing
+    assert findings([str(tmp_path / "bad")]) == 1
+    assert "0 of 2 findings" in capsys.readouterr().out
+    (tmp_path / "empty").mkdir()
+    assert findings([str(tmp_path / "empty")]) == 1
