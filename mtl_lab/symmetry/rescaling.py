@@ -46,7 +46,10 @@ r_h = √(t² + 4P_hM_h) gives P_h x_h + M_h/x_h = r_h; so the new total solves 
 which has exactly one positive root (the layer's parameters number at most n, so |d|·#neurons < n)
 and is found by a monotone Newton iteration. One sweep = the block update of each layer in turn,
 vectorised over its neurons; every update lowers F (block coordinate descent on a convex
-function); sweeps stop when the largest |δ| is below ``tol`` or after ``max_sweeps``.
+function), and by at least as much as the neuron-by-neuron exact coordinate updates of SCIENCE.md
+§6 would over the same layer from the same point, since it is the exact minimum over all of that
+layer's log-scales (``benchmarks/rescaling.py`` runs both); sweeps stop when the largest |δ| is
+below ``tol`` or after ``max_sweeps``.
 Cost: the one-pass diagonal plus O(n) per sweep. ∂F/∂z_h = n(P − M)/Σg' − d_h is reported at the
 end (≈ 0 at the minimiser).
 
