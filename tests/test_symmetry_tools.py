@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from torch import nn
 from torch.func import jacrev
 
@@ -327,8 +328,6 @@ def test_mtl_lab_symmetry_count_prints_the_count_and_refuses_clearly(capsys):
 
 
 def _write_config(tmp_path, model: dict, task: dict, regimes=("stl", "mtl", "ptft", "ptlp")):
-    import yaml
-
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({"regimes": list(regimes), "seeds": [0], "n_main": [8],
                                     "task": task, "model": model}))
@@ -376,8 +375,6 @@ def test_symmetry_count_of_a_config_counts_each_fit_or_refuses_clearly(tmp_path,
     assert "too large for the exact count" in captured.err
     assert main(["symmetry", "count", str(small), "--max-params", "17"]) == 2  # D = 18
     assert "limited to D ≤ 17" in capsys.readouterr().out
-    import yaml
-
     sweep = Path(__file__).parents[1] / "configs" / "experiments" / "digits_split.yaml"
     deep = tmp_path / "deep.yaml"  # the sweep's base: a ResNet on digits
     deep.write_text(yaml.safe_dump(yaml.safe_load(sweep.read_text())["base"]))
@@ -461,8 +458,6 @@ def test_channel_enorm_refuses_a_block_it_would_change_and_restores_it():
 
 
 def test_symmetry_count_of_a_sweep_file_counts_each_distinct_network_once(tmp_path, capsys):
-    import yaml
-
     from mtl_lab.cli import main
 
     sweep = tmp_path / "widths.yaml"
